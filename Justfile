@@ -1,0 +1,58 @@
+# autogolf tasks. `just` comes from PyPI (rust-just) into .venv/bin by scripts/setup.sh.
+# Data flow: data cache -> trainer -> log -> extractor -> METRIC lines -> ledger -> agent.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+py := ".venv/bin/python"
+
+# list the recipes
+default:
+    @{{just_executable()}} --list --justfile {{justfile()}}
+
+# install tmux, the Python environment (uv.lock) and an optimized BLAS; idempotent
+setup:
+    bash scripts/setup.sh
+
+# fetch upstream parameter-golf (pinned) and its sp1024 cache; offline default without network
+bootstrap *ARGS:
+    bash scripts/bootstrap-parameter-golf.sh {{ARGS}}
+
+# build a data cache from local documents (.jsonl / .parquet / .txt, or a folder of them)
+corpus SRC *ARGS:
+    {{py}} -m autogolf.corpus "{{SRC}}" {{ARGS}}
+
+# check that the tokenizer, shards and manifest agree; print token counts per split
+verify-data *ARGS:
+    {{py}} -m autogolf.cache verify {{ARGS}}
+
+# the cheap proxy benchmark the agent runs by default
+breadth:
+    PROFILE=breadth bash autoresearch.sh
+
+# a stronger proxy: more training and more validation
+confirm:
+    PROFILE=confirm bash autoresearch.sh
+
+# the whole validation split
+full:
+    PROFILE=full bash autoresearch.sh
+
+# the test suite (tiny models, real fixtures from ../shared/fixtures)
+test *ARGS:
+    bash scripts/run-tests.sh {{ARGS}}
+
+# trainer throughput: FLOPs/token, tok/s, GFLOP/s vs a measured sgemm peak (and upstream if present)
+bench-trainer *ARGS:
+    {{py}} scripts/bench_trainer.py {{ARGS}}
+
+# corpus import throughput in MB of text per second
+bench-corpus *ARGS:
+    {{py}} scripts/bench_corpus.py {{ARGS}}
+
+# which BLAS MLX uses, with a measured fp32 matmul GFLOP/s
+blas:
+    {{py}} -m autogolf.blas
+
+# the run ledger (logs/runs.jsonl)
+ledger *ARGS:
+    {{py}} -m autogolf.ledger {{ARGS}}

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# One idempotent set-up: tmux, uv (or a plain venv), the locked Python environment with
+# the right MLX backend, and an optimized BLAS on Linux CPU, checked by a measured matmul.
+#   AUTOGOLF_BACKEND=cpu|cuda|metal   override the detected backend
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf 'setup: %s\n' "$*"; }
+os=$(uname -s)
+
+# --- tmux: the agent runs in a detached tmux session -------------------------------------
+if ! command -v tmux >/dev/null 2>&1; then
+  if [ "$os" = Linux ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing tmux with apt-get"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux) >/dev/null
+  elif [ "$os" = Darwin ]; then
+    say "tmux is missing: install it with 'brew install tmux', then re-run"; exit 1
+  else
+    say "tmux is missing: install it with your package manager (e.g. 'sudo apt-get install tmux'), then re-run"; exit 1
+  fi
+fi
+
+# --- backend: Metal on macOS, CUDA when an NVIDIA driver is present, else CPU ------------
+backend=${AUTOGOLF_BACKEND:-}
+if [ -z "$backend" ]; then
+  if [ "$os" = Darwin ]; then backend=metal
+  elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then backend=cuda
+  else backend=cpu; fi
+fi
+case "$backend" in
+  metal) extra=() ;;
+  cpu) extra=(--extra cpu) ;;
+  cuda) extra=(--extra cuda) ;;
+  *) say "AUTOGOLF_BACKEND must be cpu, cuda or metal (got '$backend')"; exit 1 ;;
+esac
+say "backend: $backend"
+
+# --- Python environment: uv from PATH, else uv installed with pip, else venv + pip -------
+export PATH="$HOME/.local/bin:$PATH"
+if ! command -v uv >/dev/null 2>&1; then
+  say "uv not found; installing it with pip into the user location"
+  python3 -m pip install --user --quiet uv >/dev/null 2>&1 || true
+fi
+if command -v uv >/dev/null 2>&1; then
+  # --frozen: install exactly the committed uv.lock, never re-resolve.
+  uv sync --frozen --quiet "${extra[@]}"
+else
+  say "uv unavailable; falling back to python3 -m venv + pip (unlocked versions)"
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  spec="."; [ "$backend" = metal ] || spec=".[$backend]"
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e "$spec" pytest
+fi
+
+# --- an optimized BLAS for MLX on Linux CPU ----------------------------------------------
+if [ "$backend" = cpu ] && [ "$os" = Linux ]; then
+  if [ -z "$(.venv/bin/python -m autogolf.blas --print-preload)" ] && [ "$(id -u)" = 0 ] \
+      && command -v apt-get >/dev/null 2>&1; then
+    # No MKL wheel for this architecture: Debian's OpenBLAS does the same job.
+    say "installing OpenBLAS with apt-get"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas0-pthread) >/dev/null
+  fi
+  # Prints the measured GFLOP/s; exits non-zero with a loud warning on a slow BLAS.
+  .venv/bin/python -m autogolf.blas || say "continuing without an optimized BLAS (see the warning above)"
+fi
+say "ready: .venv ($(.venv/bin/python -c 'import mlx.core as mx; print("mlx", mx.__version__)'))"
