@@ -56,3 +56,11 @@ blas:
 # the run ledger (logs/runs.jsonl)
 ledger *ARGS:
     {{py}} -m autogolf.ledger {{ARGS}}
+
+# the checks pi-autoresearch runs after a successful benchmark
+checks:
+    bash autoresearch.checks.sh
+
+# re-record the hashes of the protected files (after a deliberate harness or data change)
+protect:
+    {{py}} -m autogolf.checks --protect

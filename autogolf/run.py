@@ -1,0 +1,487 @@
+"""The benchmark orchestrator behind `bash autoresearch.sh` (pi-autoresearch's benchmark).
+
+One run: take the machine lock, check the data cache, start the trainer in its own process
+session under a hard timeout, stream its output to logs/<run_id>.console.txt (and a brief
+version to stdout), extract the metrics from its log logs/<run_id>.txt, append one row to
+the ledger logs/runs.jsonl, and print the METRIC lines followed by exactly one summary line.
+
+    PROFILE=breadth|confirm|full|smoke bash autoresearch.sh      (default breadth)
+    PROFILE=confirm MAX_WALLCLOCK_SECONDS=900 bash autoresearch.sh  (the environment wins)
+
+Environment: AUTOGOLF_TRAINER (trainer script), AUTOGOLF_TIMEOUT (seconds, default the
+profile's), AUTOGOLF_KILL_GRACE_SECONDS (SIGTERM -> SIGKILL, default 10), AUTOGOLF_LOCK_PATH,
+AUTOGOLF_LOCK_WAIT_SECONDS (see runlock.py), RUN_ID, DATA_PATH / TOKENIZER_PATH (else the
+cache autogolf.cache.resolve_dataset picks).
+
+Exit status: 0 only when a post-round-trip val_bpb under the artifact cap was produced.
+  1 crash (trainer failed, or no val_bpb)   2 data cache, profile or setting problem
+  3 artifact over 16,000,000 bytes          70 harness bug      75 lock busy too long
+  124 timeout                               137 trainer killed by a signal
+  128+N interrupted by signal N (SIGINT 130, SIGTERM 143)
+
+Timing, precisely (all in the ledger row's "timing"; wall excludes waiting for the lock):
+  wall_s              autoresearch.sh start -> the ledger row, minus lock_wait_s
+  train_s             training time the trainer itself measured (its train_time)
+  harness_overhead_pct = 100 * (wall_s - train_s) / wall_s: everything that is not
+                      training -- harness, interpreter and MLX start-up, compile warm-up,
+                      both evaluations and the export (the cost of one measurement)
+  harness_only_s      wall_s - trainer_s: the orchestrator's own part (lock, cache check,
+                      spawn, parsing, ledger); trainer_s is the trainer process's lifetime
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from autogolf import checks, ledger, logparse, metrics, profiles
+from autogolf.cache import CacheError, resolve_dataset, verify_cache
+from autogolf.runlock import LockTimeout, RunLock
+from autogolf.shards import ShardError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_TRAINER = REPO_ROOT / "benchmark" / "train_gpt_mlx.py"
+EXIT_CODES = {"ok": 0, "crash": 1, "data_error": 2, "config_error": 2, "cap_violation": 3, "harness_error": 70,
+              "lock_timeout": 75, "timeout": 124, "killed": 137}
+_PROGRESS_QUIET_SECONDS = 10.0  # at most one val_progress line per this many seconds on stdout
+
+
+class Interrupted(BaseException):
+    """SIGINT/SIGTERM arrived; unwinds to the finalization, which still writes the ledger."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+# The signal handler only records the signal; the run acts on it at safe points (while
+# waiting for the lock, between steps, while waiting for the trainer), so a signal can
+# never cut a kill, a ledger write or a lock release in half.
+_STOP: dict = {"signal": None}
+LAST_TRAINER: dict = {}  # the last trainer's pid and lifetime, also when it was interrupted
+
+
+def _on_signal(signum, frame) -> None:
+    if _STOP["signal"] is None:
+        _STOP["signal"] = signum
+
+
+def check_stop() -> None:
+    if _STOP["signal"] is not None:
+        raise Interrupted(_STOP["signal"])
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# --------------------------------------------------------------------------- trainer process
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def kill_tree(proc: subprocess.Popen, grace: float) -> None:
+    """SIGTERM the trainer's process group and every descendant (some may have left the
+    group), wait up to `grace` seconds, then SIGKILL whatever is left. Reaps the trainer."""
+    others = _descendants(proc.pid)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for p in others:
+            try:
+                p.send_signal(sig)
+            except psutil.Error:
+                pass
+        if sig == signal.SIGKILL:
+            break
+        deadline = time.monotonic() + grace
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+        _, alive = psutil.wait_procs(others, timeout=max(0.0, deadline - time.monotonic()))
+        if proc.poll() is not None and not alive:
+            break
+    proc.wait()
+
+
+def _stream(proc: subprocess.Popen, console_path: Path, state: dict) -> None:
+    """Copy the trainer's output to the console file; echo it to stdout with a prefix (so
+    nothing the trainer prints can pose as a METRIC line), val_progress thinned out."""
+    last_progress = 0.0
+    with open(console_path, "wb") as console:
+        for raw in iter(proc.stdout.readline, b""):
+            console.write(raw)
+            console.flush()
+            line = raw.decode("utf-8", errors="replace").rstrip()
+            state["last_line"] = line or state.get("last_line", "")
+            if line.startswith("val_progress:"):
+                now = time.monotonic()
+                if now - last_progress < _PROGRESS_QUIET_SECONDS:
+                    continue
+                last_progress = now
+            if state.get("echo", True):
+                try:
+                    print(f"  | {line}", flush=True)
+                except (OSError, ValueError):
+                    state["echo"] = False  # stdout went away (reader killed): keep logging
+
+
+def _die_with_parent(parent_pid: int):
+    """preexec_fn for the trainer on Linux: the kernel SIGKILLs it the moment the orchestrator
+    dies, even by SIGKILL (PR_SET_PDEATHSIG), so no trainer outlives its run unrecorded.
+    Elsewhere the inherited lock still keeps a lingering trainer from overlapping the next."""
+    def setup() -> None:
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os._exit(1)
+    return setup if sys.platform.startswith("linux") else None
+
+
+def run_trainer(cmd: list[str], env: dict, console_path: Path, timeout: float, grace: float,
+                lock: RunLock) -> dict:
+    """Run the trainer to completion, timeout or interruption. Returns returncode,
+    timed_out, trainer_s; raises Interrupted (after the tree is dead) on SIGINT/SIGTERM."""
+    console_path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    started_at = time.time()
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True,  # its own group: we kill it as a whole
+                            pass_fds=(lock.fd,),  # a lingering trainer keeps the machine locked
+                            preexec_fn=_die_with_parent(os.getpid()))
+    lock.set_trainer_pid(proc.pid)
+    state: dict = {}
+    reader = threading.Thread(target=_stream, args=(proc, console_path, state), daemon=True)
+    reader.start()
+    timed_out = False
+    try:
+        while True:
+            try:
+                proc.wait(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                if _STOP["signal"] is not None:
+                    kill_tree(proc, grace)
+                    break
+                if time.monotonic() - start > timeout:
+                    timed_out = True
+                    kill_tree(proc, grace)
+                    break
+    finally:
+        # Anything the trainer left behind in its group (it exited, or was killed -9 by
+        # someone else while a child of its lived on) goes too: one trainer per machine.
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        reader.join(timeout=5.0)
+        lock.set_trainer_pid(None)
+        # For the ledger even when interrupted: the trainer's lifetime (epoch seconds).
+        state.update(trainer_s=time.monotonic() - start, started_at=started_at, ended_at=time.time())
+        LAST_TRAINER.clear()
+        LAST_TRAINER.update(state, pid=proc.pid)
+    check_stop()  # interrupted: the tree is dead; unwind to the ledger row
+    return {"returncode": proc.returncode, "timed_out": timed_out, "pid": proc.pid,
+            "trainer_s": time.monotonic() - start, "last_line": state.get("last_line", ""),
+            "started_at": started_at, "ended_at": time.time()}
+
+
+def crash_reason(console_path: Path, returncode: int) -> str:
+    """The exception line of a Python traceback in the console output, else its last line."""
+    try:
+        lines = console_path.read_text(encoding="utf-8", errors="replace").splitlines()[-200:]
+    except OSError:
+        lines = []
+    lines = [l.strip() for l in lines if l.strip()]
+    exc = [l for l in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt|Exit)\b", l)]
+    detail = exc[-1] if exc else (lines[-1] if lines else "no output")
+    return f"trainer exited with code {returncode}: {detail}"
+
+
+# --------------------------------------------------------------------------- the run
+
+def _settings(trainer: Path, env: dict, profile: profiles.Profile) -> dict:
+    """The resolved trainer environment: the profile's variables, plus every variable set
+    for this run that the trainer reads -- named in its source as os.environ["NAME"] /
+    .get("NAME"), or as a `name: type = default` field (upstream's Hyperparameters style,
+    where the variable is the field name in upper case) -- plus AUTOGOLF_* and MLX_*."""
+    names = set(profile.resolved)
+    try:
+        source = trainer.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        source = ""
+    names |= set(re.findall(r"""environ(?:\.get)?[(\[]\s*["']([A-Z0-9_]+)["']""", source))
+    names |= {f.upper() for f in re.findall(r"^\s+([a-z][a-z0-9_]*)\s*:\s*[\w\[\]| ]+=", source, re.M)}
+    return {k: env[k] for k in sorted(env)
+            if k in names or k.startswith(("AUTOGOLF_", "MLX_"))}
+
+
+def _upstream_commit() -> str | None:
+    path = REPO_ROOT / "benchmark" / "UPSTREAM_COMMIT.txt"
+    return path.read_text().strip() if path.is_file() else None
+
+
+def _one_line(text: str, limit: int = 600) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _best_before(rows: list[dict], profile: str, fingerprint: str | None) -> float | None:
+    values = [r["metrics"]["val_bpb"] for r in rows
+              if r.get("status") == "ok" and r.get("profile") == profile
+              and (r.get("dataset") or {}).get("fingerprint") == fingerprint
+              and isinstance((r.get("metrics") or {}).get("val_bpb"), (int, float))]
+    return min(values) if values else None
+
+
+def _env_seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
+    if not raw:
+        return float(default)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise profiles.ProfileError(f"{name}={raw!r} is not a positive number of seconds")
+    return value
+
+
+def _start_time() -> float:
+    """When the benchmark started: autoresearch.sh exports bash's EPOCHREALTIME before it
+    execs Python (so interpreter start-up counts), else this process's start time."""
+    now = time.time()
+    try:
+        start = float(os.environ.get("AUTOGOLF_START_TIME", "").replace(",", "."))
+        if 0 <= now - start < 60:  # ignore a stale value inherited from an outer run
+            return start
+    except ValueError:
+        pass
+    return min(psutil.Process().create_time(), now)
+
+
+def prune_raw_model(logs_dir: Path, run_id: str) -> None:
+    """The trainer also saves the raw fp32 weights (4 bytes/parameter: 68 MB for the
+    baseline). Only the int8+zlib artifact is scored, and a 200-experiment session would
+    pile up ~14 GB of raw copies, so they go unless AUTOGOLF_KEEP_RAW_MODEL=1."""
+    if os.environ.get("AUTOGOLF_KEEP_RAW_MODEL") == "1":
+        return
+    for path in logs_dir.glob(f"{glob_escape(run_id)}_*.npz"):
+        path.unlink(missing_ok=True)
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bash autoresearch.sh", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser.add_argument("--profile", default=None,
+                        help="benchmark profile from autogolf/profiles.toml (default: $PROFILE, else breadth)")
+    args = parser.parse_args(argv)
+
+    process_start = _start_time()
+    started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    profile_name = args.profile or os.environ.get("PROFILE") or profiles.DEFAULT_PROFILE
+    run_id = os.environ.get("RUN_ID") or \
+        f"{time.strftime('%Y%m%d-%H%M%S')}-{profile_name}-{secrets.token_hex(2)}"
+    trainer = Path(os.environ.get("AUTOGOLF_TRAINER") or DEFAULT_TRAINER).resolve()
+    logs_dir = REPO_ROOT / "logs"
+    log_path = logs_dir / f"{run_id}.txt"
+    console_path = logs_dir / f"{run_id}.console.txt"
+    ledger_path = ledger.default_path(REPO_ROOT)
+
+    # SIGHUP too: a closed terminal or tmux pane must not orphan a trainer unrecorded.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
+
+    row: dict = {"run_id": run_id, "status": None, "exit_reason": "", "started_at": started_at,
+                 "profile": profile_name, "log_path": str(log_path.relative_to(REPO_ROOT)),
+                 "console_path": str(console_path.relative_to(REPO_ROOT))}
+    status, reason = "harness_error", ""
+    result = metrics.MetricsResult()
+    lock: RunLock | None = None
+    lock_wait = 0.0
+    trainer_s = 0.0
+    dataset_label = "?"
+    profile: profiles.Profile | None = None
+    try:
+        profile = profiles.load(profile_name)
+        row["settings"] = dict(profile.resolved)
+        row["overrides"] = dict(profile.overrides)
+        say(f"autoresearch: run {run_id} profile={profile.name}: "
+            f"{_one_line(profile.description, 160)}")
+
+        check_stop()
+        lock = RunLock(run_id=run_id, report=say)
+        try:
+            lock.acquire(poll=check_stop)
+        finally:
+            lock_wait = lock.waited_seconds
+
+        # The data cache: fast verification only (headers, sizes, manifest, tokenizer).
+        dataset_dir, tokenizer_path, manifest = resolve_dataset(REPO_ROOT / "data")
+        report = verify_cache(dataset_dir, tokenizer_path, deep=False)
+        is_fineweb = bool(report["is_fineweb"])
+        dataset_label = f"{report['dataset']} ({'FineWeb' if is_fineweb else 'NOT FineWeb'})"
+        row["dataset"] = {"name": report["dataset"], "fingerprint": report["fingerprint"],
+                          "is_fineweb": is_fineweb, "dir": str(dataset_dir),
+                          "tokenizer": str(tokenizer_path), "splits": report["splits"]}
+
+        if not trainer.is_file():
+            raise profiles.ProfileError(f"{trainer}: trainer script not found; restore it with "
+                                        f"`git checkout -- benchmark/train_gpt_mlx.py` or fix "
+                                        f"AUTOGOLF_TRAINER")
+        trainer_text = trainer.read_bytes()
+        row["trainer"] = {"path": str(trainer), "sha256": ledger.file_sha256(trainer),
+                          "bytes": len(trainer_text), "lines": trainer_text.count(b"\n")}
+        _, message = checks.ensure_manifest(REPO_ROOT, dataset_dir, tokenizer_path)
+        if message:
+            say(f"autoresearch: {message}")
+
+        check_stop()
+        env = dict(os.environ)
+        env.update(profile.resolved)
+        env.update({"DATA_PATH": str(dataset_dir), "TOKENIZER_PATH": str(tokenizer_path),
+                    "RUN_ID": run_id, "OUT_DIR": str(logs_dir), "PYTHONUNBUFFERED": "1"})
+        try:
+            from autogolf.blas import preload_env
+            env = preload_env(env)
+        except ImportError:
+            pass  # no blas helper: the trainer falls back to its own in-process preload
+        row["settings"] = _settings(trainer, env, profile)
+        row["blas_preload"] = env.get("LD_PRELOAD", "")
+
+        timeout = _env_seconds("AUTOGOLF_TIMEOUT", profile.timeout_seconds)
+        grace = _env_seconds("AUTOGOLF_KILL_GRACE_SECONDS", 10.0)
+        say(f"autoresearch: dataset={dataset_label} trainer={trainer.name} timeout={timeout:g}s "
+            f"log={log_path.relative_to(REPO_ROOT)}")
+        outcome = run_trainer([sys.executable, str(trainer)], env, console_path, timeout, grace, lock)
+        trainer_s = outcome["trainer_s"]
+        row["returncode"] = outcome["returncode"]
+        prune_raw_model(logs_dir, run_id)
+        artifact = logs_dir / f"{run_id}_mlx_model.int8.ptz"
+        row["artifact_path"] = str(artifact.relative_to(REPO_ROOT)) if artifact.is_file() else None
+
+        # Metrics: from the trainer's own log; the console capture if it never wrote one.
+        source = log_path if log_path.is_file() else console_path
+        parsed = logparse.parse_file(source) if source.is_file() else logparse.ParsedLog()
+        try:
+            shard_tokens = metrics.train_shard_sizes(dataset_dir)
+        except (CacheError, ShardError) as e:  # the run's result still counts
+            shard_tokens = None
+            say(f"autoresearch: warning: {e}")
+        result = metrics.compute(parsed, code_bytes=len(trainer_text), train_shard_tokens=shard_tokens)
+        row["backend"], row["mlx_version"] = parsed.backend, parsed.mlx_version
+        row["train_s"] = (parsed.train_time_ms or 0) / 1000.0
+        rc = outcome["returncode"]
+        if outcome["timed_out"]:
+            status, reason = "timeout", (f"trainer exceeded the {timeout:g} s timeout (profile "
+                                         f"{profile.name}; AUTOGOLF_TIMEOUT) and was killed; "
+                                         f"last output: {outcome['last_line'][:160]}")
+        elif rc < 0:
+            status, reason = "killed", f"trainer was killed by {signal.Signals(-rc).name}"
+        elif rc != 0:
+            status, reason = "crash", crash_reason(console_path, rc)
+        elif not result.ok:
+            status, reason = "crash", f"trainer exited 0 but {result.reason}"
+        elif result.metrics.get("total_bytes", 0) > metrics.ARTIFACT_CAP_BYTES:
+            status, reason = "cap_violation", (
+                f"artifact is {result.metrics['total_bytes']:,} bytes, over the "
+                f"{metrics.ARTIFACT_CAP_BYTES:,}-byte cap")
+        elif "total_bytes" not in result.metrics:
+            status, reason = "crash", "no artifact size in the log (export did not run?)"
+        else:
+            status, reason = "ok", ""
+    except Interrupted as e:
+        status, reason = "interrupted", f"interrupted by {signal.Signals(e.signum).name}"
+        row["signal"] = e.signum
+    except LockTimeout as e:
+        status, reason = "lock_timeout", str(e)
+    except (CacheError, ShardError) as e:  # they name the file and the fix
+        status, reason = "data_error", str(e)
+    except profiles.ProfileError as e:
+        status, reason = "config_error", str(e)
+    except Exception as e:  # a bug in the harness: still record the run
+        import traceback
+
+        traceback.print_exc()
+        status, reason = "harness_error", f"{type(e).__name__}: {e}"
+
+    # ---- finalization: signals are deferred from here on; the ledger row is always written
+    wall = time.time() - process_start - lock_wait
+    train_s = float(row.get("train_s") or 0.0)
+    trainer_s = trainer_s or LAST_TRAINER.get("trainer_s", 0.0)
+    timing = {"wall_s": round(wall, 3), "lock_wait_s": round(lock_wait, 3),
+              "trainer_s": round(trainer_s, 3), "train_s": round(train_s, 3),
+              "harness_only_s": round(wall - trainer_s, 3),
+              "trainer_pid": LAST_TRAINER.get("pid"),
+              "trainer_started_at": LAST_TRAINER.get("started_at"),
+              "trainer_ended_at": LAST_TRAINER.get("ended_at")}
+    if status == "ok" and wall > 0:
+        result.metrics["harness_overhead_pct"] = round(100.0 * (wall - train_s) / wall, 2)
+    rows_before, _ = ledger.read(ledger_path)
+    fingerprint = (row.get("dataset") or {}).get("fingerprint")
+    best = _best_before(rows_before, profile_name, fingerprint)
+    row.update({
+        "status": status, "exit_reason": reason, "ended_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "wall_seconds": round(wall, 3), "timing": timing, "metrics": dict(result.metrics),
+        "metric_notes": result.notes, "git": ledger.git_info(REPO_ROOT),
+        "upstream_commit": _upstream_commit(), "machine": ledger.machine_info(),
+        "protected_digest": checks.manifest_digest(REPO_ROOT),
+        "harness_digest": checks.harness_digest(REPO_ROOT),
+    })
+    if lock is not None and lock.fd is None:
+        lock = None  # never acquired
+    try:
+        ledger.append(row, ledger_path)
+    finally:
+        if lock is not None:
+            lock.release()
+
+    for line in metrics.metric_lines(result.metrics):
+        say(line)
+    code = EXIT_CODES.get(status, 1)
+    if status == "interrupted":
+        code = 128 + int(row.get("signal", signal.SIGTERM))
+    if status == "ok":
+        m = result.metrics
+        vs_best = f" vs_best={m['val_bpb'] - best:+.4f}" if best is not None else " (first on this profile+data)"
+        overrides = " overrides=" + ",".join(f"{k}={v}" for k, v in row["overrides"].items()) \
+            if row.get("overrides") else ""
+        say(f"autoresearch: ok profile={profile_name} dataset={dataset_label} "
+            f"val_bpb={m['val_bpb']:.8f}{vs_best} total_bytes={m['total_bytes']:,} "
+            f"headroom={m['artifact_headroom_bytes']:,} wall={wall:.1f}s train={train_s:.1f}s "
+            f"overhead={m['harness_overhead_pct']:.1f}% (harness {wall - trainer_s:.1f}s)"
+            f"{overrides} log={row['log_path']}")
+    else:
+        say(f"autoresearch: {status} profile={profile_name} dataset={dataset_label} "
+            f"wall={wall:.1f}s log={row['console_path']} reason: {_one_line(reason)}")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

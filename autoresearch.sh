@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The benchmark pi-autoresearch runs: trains benchmark/train_gpt_mlx.py under a profile and
+# prints METRIC lines, then one summary line. The logic is in autogolf/run.py.
+#   PROFILE=breadth|confirm|full|smoke bash autoresearch.sh   (default breadth)
+set -euo pipefail
+cd "$(dirname "$0")"
+if [ ! -x .venv/bin/python ]; then
+  echo "autoresearch: no .venv here; run scripts/setup.sh first" >&2
+  exit 2
+fi
+# bash >= 5 knows the time to the microsecond: the harness counts its own start-up from here
+export AUTOGOLF_START_TIME="${EPOCHREALTIME:-}"
+exec .venv/bin/python -m autogolf.run "$@"

@@ -1,0 +1,116 @@
+"""Helpers for the benchmark-harness tests: a tiny real dataset and a throw-away project copy.
+
+The dataset is built the way the real cache is: the real sp1024 tokenizer, real FineWeb
+documents, BOS before each document, upstream's shard format, our manifest. The project
+copy is a real git repository holding the harness files as they are in this checkout, with
+this checkout's .venv linked in, so `bash autoresearch.sh` runs there for real and writes
+its logs, ledger and protected-file manifest there, never here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+from conftest import REAL_DOCS, REAL_TOKENIZER, REPO
+
+PROJECT_FILES = ("autoresearch.sh", "autoresearch.checks.sh", "README.md", "Justfile", ".gitignore",
+                 "pyproject.toml", "autogolf", "scripts", "benchmark")
+METRIC_RE = re.compile(r"^METRIC\s+([\w.µ]+)=(\S+)\s*$")
+VAL_DOCS = 12
+
+
+def make_tiny_dataset(root: Path) -> tuple[Path, Path]:
+    """root/datasets/tiny_sp1024 (val: first VAL_DOCS docs; train: the rest in 2 shards)
+    and root/tokenizers/fineweb_1024_bpe.model. Returns (dataset_dir, tokenizer_path)."""
+    import sentencepiece as spm
+
+    from autogolf.cache import write_manifest
+    from autogolf.shards import write_shard
+
+    tokenizer = root / "tokenizers" / REAL_TOKENIZER.name
+    tokenizer.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(REAL_TOKENIZER, tokenizer)
+    sp = spm.SentencePieceProcessor(model_file=str(tokenizer))
+    docs = [json.loads(line)["text"] for line in REAL_DOCS.read_text(encoding="utf-8").splitlines()]
+    encoded = [[sp.bos_id()] + sp.encode(d.replace("\0", " ").strip()) for d in docs]
+    dataset = root / "datasets" / "tiny_sp1024"
+    val = np.concatenate([np.array(e, dtype=np.uint16) for e in encoded[:VAL_DOCS]])
+    train_docs = encoded[VAL_DOCS:]
+    half = len(train_docs) // 2
+    write_shard(dataset / "fineweb_val_000000.bin", val)
+    for i, part in enumerate((train_docs[:half], train_docs[half:])):
+        write_shard(dataset / f"fineweb_train_{i:06d}.bin",
+                    np.concatenate([np.array(e, dtype=np.uint16) for e in part]))
+    write_manifest(dataset, tokenizer, source="tests: 200 real FineWeb docs (fixtures)", is_fineweb=False)
+    return dataset, tokenizer
+
+
+def git(project: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(project), *args], check=True, capture_output=True,
+                          text=True).stdout
+
+
+def make_project(dst: Path) -> Path:
+    """A git repository with this checkout's harness files, committed, and .venv linked."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        elif src.is_file():
+            shutil.copy2(src, dst / name)
+    os.symlink(REPO / ".venv", dst / ".venv")
+    git(dst, "init", "-q")
+    git(dst, "config", "user.email", "tests@example.com")
+    git(dst, "config", "user.name", "tests")
+    # /.venv/ in .gitignore matches directories only; here .venv is a symlink
+    (dst / ".git" / "info" / "exclude").write_text(".venv\n")
+    git(dst, "add", "-A")
+    git(dst, "commit", "-q", "-m", "harness under test")
+    return dst
+
+
+def bench_env(dataset: Path, tokenizer: Path, lock_path: Path, **extra: str) -> dict:
+    env = dict(os.environ)
+    for key in ("PROFILE", "RUN_ID", "AUTOGOLF_TRAINER", "AUTOGOLF_TIMEOUT", "LD_PRELOAD"):
+        env.pop(key, None)
+    env.update({"PROFILE": "smoke", "DATA_PATH": str(dataset), "TOKENIZER_PATH": str(tokenizer),
+                "AUTOGOLF_LOCK_PATH": str(lock_path), "AUTOGOLF_LOCK_WAIT_SECONDS": "300",
+                "AUTOGOLF_KILL_GRACE_SECONDS": "3"})
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def run_bench(project: Path, env: dict, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "autoresearch.sh"], cwd=project, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def metric_lines(stdout: str) -> dict[str, str]:
+    return {m[1]: m[2] for line in stdout.splitlines() if (m := METRIC_RE.match(line))}
+
+
+def ledger_rows(project: Path) -> list[dict]:
+    from autogolf import ledger
+
+    rows, skipped = ledger.read(project / "logs" / "runs.jsonl")
+    assert skipped == 0
+    return rows
+
+
+def wait_for(predicate, seconds: float, what: str):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {seconds} s waiting for {what}")

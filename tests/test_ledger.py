@@ -1,0 +1,104 @@
+"""The run ledger: concurrent appends from real processes, corrupt lines, the table, git facts."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+
+from autogolf import ledger
+from conftest import REPO
+
+WRITER = textwrap.dedent("""
+    import sys
+    from autogolf import ledger
+    path, who = sys.argv[1], sys.argv[2]
+    for i in range(40):
+        # ~100 KB rows: far larger than a pipe buffer, so torn writes would show
+        ledger.append({"run_id": f"{who}-{i}", "payload": who * 100_000}, path)
+""")
+
+
+def test_concurrent_appends_never_interleave(tmp_path):
+    path = tmp_path / "logs" / "runs.jsonl"
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), f"w{n}"], cwd=REPO)
+               for n in range(6)]
+    assert [w.wait(timeout=120) for w in writers] == [0] * 6
+    rows, skipped = ledger.read(path)
+    assert skipped == 0
+    assert len(rows) == 6 * 40
+    assert {r["run_id"] for r in rows} == {f"w{n}-{i}" for n in range(6) for i in range(40)}
+    assert all(r["payload"] == r["run_id"].split("-")[0] * 100_000 for r in rows)
+
+
+def test_reader_skips_corrupt_and_partial_lines(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    ledger.append({"run_id": "a", "status": "ok"}, path)
+    with open(path, "ab") as f:
+        f.write(b"this is not json\n")
+        f.write(b"\xff\xfe binary junk\n")
+        f.write(b'["a list, not a row"]\n')
+        f.write(b'{"run_id": "torn", "sta')  # a machine crash mid-write: no newline
+    ledger.append({"run_id": "b", "status": "crash"}, path)
+    rows, skipped = ledger.read(path)
+    assert [r["run_id"] for r in rows] == ["a", "b"]  # b was not glued onto the torn line
+    assert skipped == 4
+    out = subprocess.run([sys.executable, "-m", "autogolf.ledger", "--path", str(path)],
+                         cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0
+    assert "skipped 4 corrupt" in out.stderr
+
+
+def test_table_marks_new_bests_per_profile_and_dataset(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    data = {"name": "synth", "fingerprint": "f1"}
+    for run_id, status, profile, bpb in [
+        ("r1", "ok", "breadth", 2.0),
+        ("r2", "ok", "breadth", 2.1),     # worse
+        ("r3", "crash", "breadth", None),
+        ("r4", "ok", "smoke", 5.0),       # other profile: its own first best
+        ("r5", "ok", "breadth", 1.9),     # new best
+        ("r6", "cap_violation", "breadth", 1.0),  # not a valid result
+    ]:
+        metrics = {"val_bpb": bpb, "total_bytes": 1234} if bpb is not None else {}
+        ledger.append({"run_id": run_id, "status": status, "profile": profile, "dataset": data,
+                       "metrics": metrics, "wall_seconds": 12.5}, path)
+    rows, _ = ledger.read(path)
+    assert ledger.best_markers(rows) == [True, False, False, True, True, False]
+    out = subprocess.run([sys.executable, "-m", "autogolf.ledger", "--path", str(path), "--last", "3"],
+                         cwd=REPO, capture_output=True, text=True, check=True).stdout
+    lines = [l for l in out.splitlines() if re.match(r"r\d ", l)]
+    assert [l.split()[0] for l in lines] == ["r4", "r5", "r6"]
+    assert "1.900000*" in lines[1] and "*" not in lines[2].split()[4]
+
+
+def test_git_info_tracks_binary_diffs(tmp_path):
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.com")
+    git("config", "user.name", "t")
+    (tmp_path / "blob.bin").write_bytes(bytes(range(256)))
+    git("add", "blob.bin")
+    git("commit", "-q", "-m", "base")
+    clean = ledger.git_info(tmp_path)
+    assert clean["dirty"] is False and clean["diff_sha256"] is None and len(clean["commit"]) == 40
+    (tmp_path / "blob.bin").write_bytes(bytes(range(255, -1, -1)))
+    first = ledger.git_info(tmp_path)
+    (tmp_path / "blob.bin").write_bytes(bytes(range(1, 256)) + b"\0")
+    second = ledger.git_info(tmp_path)
+    assert first["dirty"] and second["dirty"]
+    assert first["diff_sha256"] != second["diff_sha256"]  # binary content is hashed, not "Binary files differ"
+    (tmp_path / "new.txt").write_text("x")
+    assert ledger.git_info(tmp_path)["untracked"] == ["new.txt"]
+
+
+def test_rows_are_single_json_lines(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    ledger.append({"run_id": "x", "exit_reason": "line one\nline two"}, path)
+    raw = path.read_text()
+    assert raw.count("\n") == 1
+    assert json.loads(raw)["exit_reason"] == "line one\nline two"
