@@ -54,6 +54,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TRAINER = REPO_ROOT / "benchmark" / "train_gpt_mlx.py"
 EXIT_CODES = {"ok": 0, "crash": 1, "data_error": 2, "config_error": 2, "cap_violation": 3, "harness_error": 70,
               "lock_timeout": 75, "timeout": 124, "killed": 137}
+# A change counts as an improvement only when it beats the best earlier run of the same
+# profile and dataset by at least this much; smaller differences are noise on the proxies.
+MIN_IMPROVEMENT_BPB = float(os.environ.get("AUTOGOLF_MIN_IMPROVEMENT", "0.002"))
 _PROGRESS_QUIET_SECONDS = 10.0  # at most one val_progress line per this many seconds on stdout
 
 
@@ -469,7 +472,13 @@ def main(argv: list[str] | None = None) -> int:
         code = 128 + int(row.get("signal", signal.SIGTERM))
     if status == "ok":
         m = result.metrics
-        vs_best = f" vs_best={m['val_bpb'] - best:+.4f}" if best is not None else " (first on this profile+data)"
+        if best is None:
+            vs_best = " (first on this profile+data)"
+        else:
+            # pi-autoresearch does not enforce a minimum improvement; we state it here.
+            delta = m["val_bpb"] - best
+            verdict = "improved" if delta <= -MIN_IMPROVEMENT_BPB else "not_improved"
+            vs_best = f" vs_best={delta:+.4f} {verdict}(min {MIN_IMPROVEMENT_BPB})"
         overrides = " overrides=" + ",".join(f"{k}={v}" for k, v in row["overrides"].items()) \
             if row.get("overrides") else ""
         say(f"autoresearch: ok profile={profile_name} dataset={dataset_label} "
