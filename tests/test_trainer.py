@@ -1,0 +1,453 @@
+"""The trainer benchmark/train_gpt_mlx.py, run for real on tiny models and real data.
+
+The dataset is the 200 real FineWeb fixture documents tokenized with the real sp1024
+tokenizer (first 20 documents validation, the rest train), written as real shards. The
+trainer runs as a subprocess, exactly as autoresearch runs it; a few tests also import it
+(without running main) to check its parts against independent computations.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autogolf.shards import read_tokens, write_shard
+from conftest import REAL_DOCS, REAL_TOKENIZER, require_fixtures
+from trainer_helpers import (BOS_ID, CONTRACT, STOPPING_EARLY, TINY, TRAINER, build_dataset, import_trainer,
+                             load_docs, parse_log, run_trainer, tokenize_docs)
+
+# ---------------------------------------------------------------------------------------
+# fixtures
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory) -> Path:
+    require_fixtures()
+    return build_dataset(tmp_path_factory.mktemp("data"), REAL_TOKENIZER, REAL_DOCS)
+
+
+@pytest.fixture(scope="session")
+def trainer():
+    return import_trainer()
+
+
+@pytest.fixture(scope="session")
+def sp():
+    require_fixtures()
+    import sentencepiece as spm
+
+    return spm.SentencePieceProcessor(model_file=str(REAL_TOKENIZER))
+
+
+def tiny_env(dataset: Path, **overrides) -> dict:
+    env = dict(TINY, DATA_PATH=str(dataset), TOKENIZER_PATH=str(REAL_TOKENIZER))
+    env.update({k: str(v) for k, v in overrides.items()})
+    return env
+
+
+class Run:
+    def __init__(self, env: dict, out_dir: Path):
+        self.env, self.out_dir = env, out_dir
+        self.proc = run_trainer(env, out_dir)
+        assert self.proc.returncode == 0, f"trainer failed:\n{self.proc.stdout[-3000:]}\n{self.proc.stderr[-3000:]}"
+        self.log_path = out_dir / f"{env['RUN_ID']}.txt"
+        self.log = self.log_path.read_text(encoding="utf-8")
+        self.lines = self.log.splitlines()
+        self.parsed = parse_log(self.log)
+
+    def train_losses(self) -> list[str]:
+        return [m["loss"] for m in self.parsed["train_step"]]
+
+
+# The main run: 24 steps on a 3-layer dim-128 model (its 1024x128 embedding is big enough
+# to be quantized to int8), validation at step 0 and at the end, on the first 4,096
+# validation tokens, 4 batches each.
+MAIN_ITERATIONS = 24
+VAL_CAP = 4100
+
+
+@pytest.fixture(scope="module")
+def main_run(dataset, tmp_path_factory) -> Run:
+    env = tiny_env(dataset, RUN_ID="main", ITERATIONS=MAIN_ITERATIONS, VAL_LOSS_EVERY=MAIN_ITERATIONS,
+                   TRAIN_BATCH_TOKENS=1024, GRAD_ACCUM_STEPS=2, MLX_MAX_MICROBATCH_TOKENS=256,
+                   VAL_MAX_TOKENS=VAL_CAP, WARMDOWN_ITERS=8)
+    return Run(env, tmp_path_factory.mktemp("main"))
+
+
+# ---------------------------------------------------------------------------------------
+# the log contract
+
+
+def test_every_contract_line_is_present_and_parses(main_run):
+    p = main_run.parsed
+    for kind in ("model_params", "iterations", "train_loader", "val_loader", "serialized", "final",
+                 "final_exact", "code_size", "total_size"):
+        assert len(p[kind]) == 1, f"{kind}: expected one line, got {p[kind]}"
+    mp = p["model_params"][0]
+    assert (mp["V"], mp["L"], mp["D"], mp["H"], mp["KV"], mp["S"], mp["tie"]) == (
+        "1024", "3", "128", "4", "2", "64", "True")
+    # embedding + per block (q, k, v, out, fc, proj, q_gain, scales, resid_mix) + skip weights
+    d, kv_dim = 128, 2 * 32
+    block = d * d * 2 + 2 * d * kv_dim + 2 * (d * 2 * d) + 4 + 2 * d + 2 * d
+    assert int(mp["n"]) == 1024 * d + 3 * block + 1 * d
+    it = p["iterations"][0]
+    assert (it["it"], it["t"], it["g"], it["m"], it["b"], it["w"], it["x"]) == (
+        str(MAIN_ITERATIONS), "1024", "2", "512", "8", "1", "0.000")
+    assert p["train_loader"][0]["name"] == "real_sp1024"
+    assert p["train_loader"][0]["n"] == "2"
+    steps = [int(m["s"]) for m in p["train_step"]]
+    assert steps == list(range(1, MAIN_ITERATIONS + 1))  # TRAIN_LOG_EVERY=1
+    assert [int(m["s"]) for m in p["val_step"]] == [0, MAIN_ITERATIONS]
+    assert all(int(m["tok_s"]) > 0 for m in p["train_step"])
+    assert any(line.startswith("backend:cpu device:Device(cpu, 0) compute_dtype:float32 blas:")
+               for line in main_run.lines)
+    # the console shows the same lines as the log file
+    for kind in ("final_exact", "total_size"):
+        assert any(CONTRACT[kind].match(line) for line in main_run.proc.stdout.splitlines())
+
+
+def test_log_does_not_embed_the_source(main_run):
+    assert "def main" not in main_run.log
+    assert not any("{" in line for line in main_run.lines), "an f-string template leaked into the log"
+
+
+def test_code_and_total_submission_size(main_run):
+    code = int(main_run.parsed["code_size"][0]["n"])
+    assert code == len(TRAINER.read_bytes())
+    ptz = main_run.out_dir / "main_mlx_model.int8.ptz"
+    assert int(main_run.parsed["serialized"][0]["bytes"]) == ptz.stat().st_size
+    assert int(main_run.parsed["total_size"][0]["n"]) == code + ptz.stat().st_size
+
+
+def test_val_cap_and_progress(main_run, dataset):
+    val_total = read_tokens(dataset / "fineweb_val_000000.bin").size
+    used = VAL_CAP // 64 * 64
+    full = (val_total - 1) // 64 * 64
+    assert main_run.parsed["val_loader"][0]["n"] == str(used)
+    assert f"val_cap: VAL_MAX_TOKENS={VAL_CAP} using {used} of {full} tokens" in main_run.lines
+    # VAL_BATCH_SIZE=1024 / GRAD_ACCUM_STEPS=2 = 8 sequences of 64 per batch: 4096 / 512 = 8
+    progress = [line for line in main_run.lines if line.startswith("val_progress:")]
+    assert progress[:8] == [f"val_progress:{i}/8" for i in range(1, 9)]
+    assert len(progress) == 3 * 8  # step 0, the last step, the round trip
+
+
+def test_training_lowers_the_loss(main_run):
+    first, last = (float(m["loss"]) for m in main_run.parsed["val_step"])
+    assert first > 6.5  # about ln(1024) = 6.93 at init
+    assert last < first - 0.25, (first, last)  # 24 tiny steps: 6.94 -> about 6.5
+
+
+def test_int8_round_trip_keeps_the_score(main_run):
+    pre = float(main_run.parsed["val_step"][-1]["bpb"])
+    post = float(main_run.parsed["final_exact"][0]["bpb"])
+    assert abs(post - pre) < 0.01, (pre, post)
+    obj = pickle.loads(zlib.decompress((main_run.out_dir / "main_mlx_model.int8.ptz").read_bytes()))
+    assert obj["__quant_format__"] == "int8_clean_per_row_v1"
+    assert set(obj["quantized"]) == {"tok_emb.weight"}  # the only tensor above 65,536 elements
+    assert obj["quantized"]["tok_emb.weight"].dtype == np.int8
+    assert obj["scales"]["tok_emb.weight"].shape == (1024,)
+    assert obj["passthrough"]["blocks.0.resid_mix"].dtype == np.float32  # control tensor
+    assert obj["passthrough"]["blocks.0.attn.c_q.weight"].dtype == np.float16
+
+
+def is_boundary(sp, token: int) -> bool:
+    return sp.is_control(token) or sp.is_unknown(token) or sp.is_unused(token)
+
+
+def independent_target_bytes(sp, window: np.ndarray) -> int:
+    """UTF-8 bytes of the text behind window[1:], from sentencepiece's own decoder. The
+    metric counts boundary tokens (BOS, <unk>) as 0 bytes and drops the space of the piece
+    after one; the decoder does the same at the start of a text, so the window is cut at
+    every boundary token and each run between them is decoded on its own."""
+    total, run = 0, []
+    for t in (int(t) for t in window[1:]):
+        if is_boundary(sp, t):
+            total += len(sp.decode(run).encode("utf-8"))
+            run = []
+        else:
+            run.append(t)
+    return total + len(sp.decode(run).encode("utf-8"))
+
+
+def test_val_bpb_matches_an_independent_computation(main_run, trainer, sp, dataset):
+    """Reload the int8 artifact without the trainer's code, run the model forward (with the
+    fused-SDPA attention path, not the trainer's blocked one), and compute the loss in float64
+    numpy and the bytes with sentencepiece's decoder."""
+    obj = pickle.loads(zlib.decompress((main_run.out_dir / "main_mlx_model.int8.ptz").read_bytes()))
+    weights = {}
+    for name, q in obj["quantized"].items():
+        weights[name] = q.astype(np.float32) * obj["scales"][name].astype(np.float32)[:, None]
+    for name, arr in obj["passthrough"].items():
+        weights[name] = arr.astype(np.float32)
+
+    import mlx.core as mx
+    from mlx.utils import tree_unflatten
+
+    hp = trainer.hyperparameters_from_env(dict(main_run.env, ATTN_BLOCK_SIZE="0"))
+    model = trainer.GPT(hp, mx.float32, attn_block=0)
+    model.update(tree_unflatten([(k, mx.array(v)) for k, v in weights.items()]))
+
+    seq = hp.train_seq_len
+    tokens = read_tokens(dataset / "fineweb_val_000000.bin").astype(np.int64)
+    used = min(VAL_CAP, tokens.size - 1) // seq * seq
+    x, y = tokens[:used].reshape(-1, seq), tokens[1:used + 1].reshape(-1, seq)
+    h = np.array(model(mx.array(x.astype(np.int32))), dtype=np.float64).reshape(-1, hp.model_dim)
+    z = h @ weights["tok_emb.weight"].astype(np.float64).T
+    logits = hp.logit_softcap * np.tanh(z / hp.logit_softcap)
+    top = logits.max(axis=1, keepdims=True)
+    logsumexp = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+    nll = logsumexp - logits[np.arange(y.size), y.reshape(-1)]
+    val_loss = float(nll.mean())
+    n_bytes = independent_target_bytes(sp, tokens[:used + 1])
+    val_bpb = val_loss / math.log(2) * y.size / n_bytes
+
+    logged = main_run.parsed["final_exact"][0]
+    assert abs(val_loss - float(logged["loss"])) < 1e-5, (val_loss, logged)
+    assert abs(val_bpb - float(logged["bpb"])) < 1e-5, (val_bpb, logged)
+
+
+# ---------------------------------------------------------------------------------------
+# the metric's byte count, and the trainer's parts
+
+
+def test_lut_byte_count_equals_decoded_utf8_length(trainer, sp):
+    luts = trainer.build_sentencepiece_luts(sp, 1024)
+    docs = tokenize_docs(sp, load_docs(REAL_DOCS))
+    plain = [d for d in docs if not any(sp.is_unknown(int(t)) for t in d)]
+    assert len(plain) >= 20
+    for doc in plain:  # BOS + text: the bytes are exactly the decoded text's
+        counted = int(trainer.target_bytes(doc[:-1], doc[1:], luts).sum())
+        assert counted == len(sp.decode([int(t) for t in doc[1:]]).encode("utf-8"))
+    # <unk> (the decoder shows " ⁇ ") counts 0 bytes and, like BOS, drops the next space
+    stream = np.concatenate(docs)
+    assert len(plain) < len(docs), "want <unk> tokens in the sample"
+    counted = int(trainer.target_bytes(stream[:-1], stream[1:], luts).sum())
+    assert counted == independent_target_bytes(sp, stream)
+
+
+def reference_causal_attention(q, k, v):
+    """float64 numpy: q (B, T, H, hd) pre-scaled, k, v (B, T, KV, hd); GQA by repetition."""
+    B, T, H, hd = q.shape
+    group = H // k.shape[2]
+    k, v = np.repeat(k, group, axis=2), np.repeat(v, group, axis=2)
+    s = np.einsum("bthd,bshd->bhts", q, k)
+    s = np.where(np.tril(np.ones((T, T), bool)), s, -np.inf)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    return np.einsum("bhts,bshd->bthd", p, v).reshape(B, T, H * hd)
+
+
+@pytest.mark.parametrize("T,block,H,KV", [(64, 16, 4, 2), (70, 16, 4, 4), (64, 64, 8, 2), (33, 8, 2, 1)])
+def test_blocked_attention_equals_full_causal_attention(trainer, T, block, H, KV):
+    import mlx.core as mx
+
+    rng = np.random.default_rng(T + block)
+    q = rng.normal(size=(2, T, H, 16)).astype(np.float32)
+    k = rng.normal(size=(2, T, KV, 16)).astype(np.float32)
+    v = rng.normal(size=(2, T, KV, 16)).astype(np.float32)
+    got = np.array(trainer.blocked_causal_attention(mx.array(q), mx.array(k), mx.array(v), block))
+    want = reference_causal_attention(q.astype(np.float64), k.astype(np.float64), v.astype(np.float64))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_blocked_attention_gradients_equal_fused_sdpa(trainer):
+    import mlx.core as mx
+
+    rng = np.random.default_rng(0)
+    q, k, v = (mx.array(rng.normal(size=s).astype(np.float32)) for s in
+               [(2, 48, 4, 16), (2, 48, 2, 16), (2, 48, 2, 16)])
+    w = mx.array(rng.normal(size=(2, 48, 64)).astype(np.float32))
+
+    def blocked(q, k, v):
+        return mx.sum(trainer.blocked_causal_attention(q, k, v, 16) * w)
+
+    def fused(q, k, v):
+        t = [a.transpose(0, 2, 1, 3) for a in (q, k, v)]
+        y = mx.fast.scaled_dot_product_attention(*t, scale=1.0, mask="causal")
+        return mx.sum(y.transpose(0, 2, 1, 3).reshape(2, 48, 64) * w)
+
+    got = mx.grad(blocked, argnums=(0, 1, 2))(q, k, v)
+    want = mx.grad(fused, argnums=(0, 1, 2))(q, k, v)
+    for g, r in zip(got, want):
+        np.testing.assert_allclose(np.array(g), np.array(r), rtol=1e-4, atol=1e-5)
+
+
+def test_rope_matches_mlx_fast_rope(trainer):
+    import mlx.core as mx
+
+    x = mx.array(np.random.default_rng(1).normal(size=(2, 40, 3, 16)).astype(np.float32))
+    cos, sin = trainer.rope_tables(40, 16, 10000.0, mx.float32)
+    got = trainer.apply_rope(x, cos, sin)
+    want = mx.fast.rope(x.transpose(0, 2, 1, 3), 16, traditional=False, base=10000.0, scale=1.0,
+                        offset=0).transpose(0, 2, 1, 3)
+    np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-5, atol=1e-5)
+
+
+def test_int8_quantization_per_row(trainer):
+    import mlx.core as mx
+
+    rng = np.random.default_rng(2)
+    w = rng.normal(size=(300, 256)).astype(np.float32) * rng.uniform(0.01, 1, size=(300, 1)).astype(np.float32)
+    flat = {"big": mx.array(w), "blocks.0.attn_scale": mx.ones((8,)), "small": mx.array(w[:2])}
+    obj, stats = trainer.quantize_int8(flat, ("attn_scale",))
+    back = trainer.dequantize_int8(pickle.loads(pickle.dumps(obj)))
+    scale = obj["scales"]["big"].astype(np.float32)[:, None]
+    assert np.all(np.abs(np.array(back["big"]) - w) <= scale * 0.5 + np.abs(w) * 1e-3 + 1e-6)
+    assert back["blocks.0.attn_scale"].dtype == mx.float32 and back["small"].dtype == mx.float32
+    assert stats["int8_payload_bytes"] == 300 * 256 + 300 * 2 + 8 * 4 + 2 * 256 * 2
+
+
+def test_import_has_no_side_effects(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    module = import_trainer()
+    assert hasattr(module, "main")
+    assert list(tmp_path.iterdir()) == []
+    assert capsys.readouterr().out == ""
+
+
+# ---------------------------------------------------------------------------------------
+# determinism and the wall-clock cap
+
+
+@pytest.fixture(scope="module")
+def seeded_runs(dataset, tmp_path_factory) -> list[Run]:
+    out = tmp_path_factory.mktemp("seeded")
+    base = dict(ITERATIONS=6, VAL_MAX_TOKENS=1024, TRAIN_BATCH_TOKENS=1024)
+    return [Run(tiny_env(dataset, RUN_ID=f"seed{i}", SEED=seed, **base), out)
+            for i, seed in enumerate((7, 7, 8))]
+
+
+def test_same_seed_gives_identical_losses(seeded_runs):
+    a, b, c = seeded_runs
+    assert len(a.train_losses()) == 6
+    assert a.train_losses() == b.train_losses()
+    assert a.parsed["final_exact"] == b.parsed["final_exact"]
+    assert a.train_losses() != c.train_losses()
+
+
+def test_wallclock_cap_stops_early_and_reference_blas_warns(dataset, tmp_path, monkeypatch):
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    env = tiny_env(dataset, RUN_ID="cap", ITERATIONS=100000, MAX_WALLCLOCK_SECONDS=1, TRAIN_LOG_EVERY=1000,
+                   VAL_MAX_TOKENS=512, BLAS_PRELOAD=0)
+    run = Run(env, tmp_path)
+    stops = [STOPPING_EARLY.match(line) for line in run.lines if line.startswith("stopping_early")]
+    assert len(stops) == 1 and stops[0]
+    assert int(stops[0]["ms"]) >= 1000 and 0 < int(stops[0]["s"]) < 100000
+    assert int(run.parsed["train_step"][-1]["s"]) == int(stops[0]["s"])  # the last step is logged
+    assert any("blas:reference" in line for line in run.lines)
+    assert any(line.startswith("WARNING: MLX is using its slow reference BLAS") for line in run.lines)
+
+
+# ---------------------------------------------------------------------------------------
+# bad inputs: exit 2 with one line that names the problem and the fix, no traceback
+
+
+def bad_dataset(tmp_path: Path, dataset: Path, mutate) -> Path:
+    bad = tmp_path / "bad_sp1024"
+    bad.mkdir()
+    for f in dataset.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    mutate(bad)
+    return bad
+
+
+def corrupt_header(index: int, value: int):
+    def mutate(d: Path):
+        f = d / "fineweb_train_000000.bin"
+        raw = bytearray(f.read_bytes())
+        raw[4 * index:4 * index + 4] = np.array([value], "<i4").tobytes()
+        f.write_bytes(bytes(raw))
+    return mutate
+
+
+def truncate(d: Path):
+    f = d / "fineweb_train_000001.bin"
+    f.write_bytes(f.read_bytes()[:-10])
+
+
+def foreign_token(d: Path):
+    tokens = read_tokens(d / "fineweb_train_000000.bin").astype(np.int64)
+    tokens[100] = 2000
+    write_shard(d / "fineweb_train_000000.bin", tokens)
+
+
+def no_train_shards(d: Path):
+    for f in d.glob("fineweb_train_*.bin"):
+        f.unlink()
+
+
+BAD_SETTINGS = [
+    ({"DATA_PATH": "/nonexistent/fineweb10B_sp1024"}, ["DATA_PATH=/nonexistent/fineweb10B_sp1024", "download"]),
+    ({"TOKENIZER_PATH": "/nonexistent/tok.model"}, ["TOKENIZER_PATH=/nonexistent/tok.model"]),
+    ({"VOCAB_SIZE": "512"}, ["1024 pieces", "VOCAB_SIZE=512"]),
+    ({"MODEL_DIM": "130"}, ["MODEL_DIM=130", "NUM_HEADS=4"]),
+    ({"NUM_KV_HEADS": "3"}, ["NUM_HEADS=4", "NUM_KV_HEADS=3"]),
+    ({"MODEL_DIM": "36"}, ["head dim", "=9", "RoPE"]),
+    ({"TRAIN_BATCH_TOKENS": "50"}, ["TRAIN_BATCH_TOKENS=50", "TRAIN_SEQ_LEN=64"]),
+    ({"GRAD_ACCUM_STEPS": "16"}, ["GRAD_ACCUM_STEPS=16", "TRAIN_SEQ_LEN=64"]),
+    ({"MLX_MAX_MICROBATCH_TOKENS": "32"}, ["MLX_MAX_MICROBATCH_TOKENS=32", "TRAIN_SEQ_LEN=64"]),
+    ({"SEED": "abc"}, ["SEED='abc'", "int"]),
+    ({"VAL_MAX_TOKENS": "10"}, ["VAL_MAX_TOKENS=10", "TRAIN_SEQ_LEN=64"]),
+]
+
+BAD_DATA = [
+    (corrupt_header(0, 12345), ["fineweb_train_000000.bin", "bad magic 12345"]),
+    (corrupt_header(1, 2), ["fineweb_train_000000.bin", "version 2"]),
+    (truncate, ["fineweb_train_000001.bin", "truncated or corrupt"]),
+    (foreign_token, ["fineweb_train_000000.bin", "token id 2000", "VOCAB_SIZE=1024"]),
+    (no_train_shards, ["no train shards", "fineweb_train_*.bin"]),
+]
+
+
+def assert_clean_error(proc, needles):
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+@pytest.mark.parametrize("overrides,needles", BAD_SETTINGS, ids=[next(iter(o)) + "-" + n[-1] for o, n in BAD_SETTINGS])
+def test_bad_setting_gives_clear_error(dataset, tmp_path, overrides, needles):
+    assert_clean_error(run_trainer(tiny_env(dataset, RUN_ID="bad", **overrides), tmp_path), needles)
+
+
+@pytest.mark.parametrize("mutate,needles", BAD_DATA, ids=[m.__name__ if hasattr(m, "__name__") else str(i)
+                                                        for i, (m, _) in enumerate(BAD_DATA)])
+def test_bad_data_gives_clear_error(dataset, tmp_path, mutate, needles):
+    bad = bad_dataset(tmp_path, dataset, mutate)
+    assert_clean_error(run_trainer(tiny_env(bad, RUN_ID="bad"), tmp_path), needles)
+
+
+def test_split_batch_over_streams_gives_the_same_loss_and_gradients(trainer, dataset):
+    """Data parallelism over CPU streams is the same mathematics as one big batch."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+
+    hp = trainer.hyperparameters_from_env(tiny_env(dataset))
+    mx.random.seed(3)
+    model = trainer.GPT(hp, mx.float32, attn_block=16)
+    for block in model.blocks:  # non-zero output projections, so every weight gets a gradient
+        block.attn.proj.weight = mx.random.normal(block.attn.proj.weight.shape) * 0.05
+        block.mlp.proj.weight = mx.random.normal(block.mlp.proj.weight.shape) * 0.05
+    loss_and_grad = nn.value_and_grad(model, lambda x, y, w: model.loss(x, y) * w)
+    tokens = read_tokens(dataset / "fineweb_train_000000.bin")[:6 * 64 + 1].astype(np.int32)
+    x, y = mx.array(tokens[:-1].reshape(6, 64)), mx.array(tokens[1:].reshape(6, 64))
+    streams = [mx.default_stream(mx.cpu), mx.new_stream(mx.cpu), mx.new_stream(mx.cpu), mx.new_stream(mx.cpu)]
+    results = {}
+    for n in (1, 4):  # 4 streams: uneven slices of 1 or 2 sequences
+        parts = trainer.split_batch(loss_and_grad, x, y, 0.5, streams[:n])
+        assert len(parts) == n
+        loss = sum(p[0] for p in parts)
+        grads = [dict(tree_flatten(p[1])) for p in parts]
+        results[n] = (float(loss), {k: np.array(sum(g[k] for g in grads)) for k in grads[0]})
+    assert abs(results[1][0] - results[4][0]) < 1e-6
+    for k, g in results[1][1].items():
+        np.testing.assert_allclose(results[4][1][k], g, rtol=1e-4, atol=1e-6, err_msg=k)
