@@ -7,9 +7,9 @@ artifact cap, and the research agent edits it between experiments.
 The recipe is upstream's baseline (openai/parameter-golf train_gpt_mlx.py at 4908dc46f):
 the same environment variables and defaults, model, optimizer, LR schedule, data order,
 metric and export format. What this file adds:
-  - a fast CPU path: it loads MKL/OpenBLAS before MLX, computes in float32, and runs causal
-    attention block by block so the half of the score matrix that the mask hides is never
-    computed (exact: the same softmax over the same scores);
+  - a fast CPU path that keeps the mathematics: it loads MKL/OpenBLAS before MLX, computes
+    in float32, runs causal attention block by block so the half of the score matrix that
+    the mask hides is never computed, and splits each batch over one MLX stream per core;
   - VAL_MAX_TOKENS to score only a prefix of the validation split (quick proxies);
   - `backend`, `val_cap`, `val_progress`, `Code size` and `Total submission size` lines;
   - one-line errors, naming the fix, for bad settings and bad data.
@@ -333,7 +333,8 @@ def load_val_tokens(hp: Hyperparameters) -> tuple[np.ndarray, int]:
                          f"TRAIN_SEQ_LEN={seq}; lower TRAIN_SEQ_LEN or use a bigger validation split")
     used = min(hp.val_max_tokens, full) // seq * seq if hp.val_max_tokens > 0 else full
     if used <= 0:
-        raise InputError(f"VAL_MAX_TOKENS={hp.val_max_tokens} is less than one sequence of TRAIN_SEQ_LEN={seq}; "
+        raise InputError(f"VAL_MAX_TOKENS={hp.val_max_tokens} is less than one sequence of "
+                         f"TRAIN_SEQ_LEN={seq}; "
                          f"raise it to at least {seq} (or 0 for the whole split)")
     return tokens[:used + 1], full
 
@@ -420,6 +421,8 @@ def target_bytes(x: np.ndarray, y: np.ndarray, luts) -> np.ndarray:
 
 
 def rms_norm(x: mx.array, eps: float = 1e-6) -> mx.array:
+    if x.dtype == mx.float16:  # its backward, ~mean(x^2)^-1.5, overflows fp16's 65504 range
+        return rms_norm(x.astype(mx.float32), eps).astype(mx.float16)
     return (x * mx.rsqrt(mx.mean(x * x, axis=-1, keepdims=True) + eps)).astype(x.dtype)
 
 
@@ -589,9 +592,12 @@ class GPT(nn.Module):
         self.skip_weights = mx.ones((min(self.num_encoder, self.num_decoder), hp.model_dim), dtype=mx.float32)
         self.blocks = [Block(hp.model_dim, hp.num_heads, hp.num_kv_heads, hp.mlp_mult, hp.qk_gain_init,
                              attn_block) for _ in range(hp.num_layers)]
+        # Upstream stores the embedding in the compute dtype (bf16). Not so in fp16: Adam's eps
+        # 1e-8 rounds to 0 there, and rows without gradient would update by 0/0 = NaN.
+        emb_dtype = mx.float32 if compute_dtype == mx.float16 else compute_dtype
         std = hp.tied_embed_init_std
         self.tok_emb.weight = (mx.random.normal(self.tok_emb.weight.shape, dtype=mx.float32) * std).astype(
-            compute_dtype)
+            emb_dtype)
 
     def __call__(self, ids: mx.array) -> mx.array:
         """Final normed hidden states, (B, T, dim)."""
@@ -709,6 +715,7 @@ def clip_grads(grads: dict[str, mx.array], max_norm: float) -> dict[str, mx.arra
 # percentile of |w| in the row, stored fp16), small float tensors kept (fp32 for control
 # tensors, else fp16), pickled and zlib-compressed at level 9: format int8_clean_per_row_v1.
 
+SUBMISSION_CAP_BYTES = 16_000_000  # code + compressed model, decimal (not 16 MiB)
 INT8_KEEP_FLOAT_MAX_NUMEL = 65_536
 INT8_CLIP_Q = 99.99984 / 100.0
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
@@ -795,13 +802,14 @@ def split_batch(fn, x: mx.array, y: mx.array, weight: float, streams: list) -> l
     parts = max(min(len(streams), n), 1)
     bounds = [n * i // parts for i in range(parts + 1)]
     out = []
-    for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
+    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
         with mx.stream(streams[i] if streams else mx.default_stream(mx.default_device())):
             out.append(fn(x[a:b], y[a:b], mx.array(weight * (b - a) / n, dtype=mx.float32)))
     return out
 
 
-def evaluate(hp: Hyperparameters, loss_fn, val_tokens: np.ndarray, luts, log, streams: list) -> tuple[float, float]:
+def evaluate(hp: Hyperparameters, loss_fn, val_tokens: np.ndarray, luts, log,
+             streams: list) -> tuple[float, float]:
     """val_loss (mean nats per token) and val_bpb over non-overlapping TRAIN_SEQ_LEN windows.
     Each batch is evaluated at once and summed into Python floats, so memory stays bounded."""
     seq = hp.train_seq_len
@@ -831,7 +839,8 @@ def token_chunks(num_tokens: int, seq_len: int, max_chunk: int) -> list[int]:
     return [min(chunk, usable - s) for s in range(0, usable, chunk)]
 
 
-def gradient_step(hp: Hyperparameters, data: TokenStream, loss_and_grad, streams: list) -> tuple[mx.array, dict]:
+def gradient_step(hp: Hyperparameters, data: TokenStream, loss_and_grad,
+                  streams: list) -> tuple[mx.array, dict]:
     """Mean loss and gradients over GRAD_ACCUM_STEPS microbatches of chunks, each chunk
     weighted by its share of the tokens (the same as one big batch). The weight scales the
     loss inside the compiled graph, so the gradients come out scaled at no extra cost."""
@@ -853,9 +862,10 @@ def gradient_step(hp: Hyperparameters, data: TokenStream, loss_and_grad, streams
     return total_loss, total_grads
 
 
-def describe_backend(hp: Hyperparameters) -> tuple[str, object, int, str, list]:
+def setup_backend(hp: Hyperparameters) -> tuple[str, object, int, str, list]:
     """Backend name, compute dtype, attention block size, the BLAS in use, and the CPU
-    streams to spread work over (empty on a GPU)."""
+    streams to spread work over (none on a GPU). On the CPU it also sets BLAS threads and
+    MLX's buffer cache for that layout."""
     device = mx.default_device()
     if device.type == mx.DeviceType.cpu:
         backend = "cpu"
@@ -887,13 +897,13 @@ def train(hp: Hyperparameters, log: Logger) -> None:
         raise InputError(f"DATA_PATH={hp.data_path} is not a folder; download the data "
                          f"(python data/cached_challenge_fineweb.py --variant sp1024) or point DATA_PATH at it")
     train_files = shard_files(hp.train_files, "train")
-    for f in train_files:
-        read_shard_header(f)
+    if sum(read_shard_header(f) for f in train_files) == 0:  # (checks every header up front)
+        raise InputError(f"the train shards matching {hp.train_files} hold no tokens; {DATA_FIX}")
     sp = load_tokenizer(hp)
     dataset_name, num_train_files, expected_train_files = dataset_summary(hp)
     val_tokens, full_val_tokens = load_val_tokens(hp)
     luts = build_sentencepiece_luts(sp, hp.vocab_size)
-    backend, dtype, attn_block, blas, streams = describe_backend(hp)
+    backend, dtype, attn_block, blas, streams = setup_backend(hp)
 
     print(log.path)
     mx.random.seed(hp.seed)
@@ -913,7 +923,8 @@ def train(hp: Hyperparameters, log: Logger) -> None:
     log(f"train_loader:shards pattern={hp.train_files}")
     log(f"val_loader:shards pattern={hp.val_files} tokens:{val_tokens.size - 1}")
     if hp.val_max_tokens > 0:
-        log(f"val_cap: VAL_MAX_TOKENS={hp.val_max_tokens} using {val_tokens.size - 1} of {full_val_tokens} tokens")
+        log(f"val_cap: VAL_MAX_TOKENS={hp.val_max_tokens} using {val_tokens.size - 1} of "
+            f"{full_val_tokens} tokens")
     if expected_train_files is None:
         log(f"train_loader:dataset:{dataset_name} train_shards:{num_train_files}")
     elif num_train_files < expected_train_files:
@@ -943,7 +954,7 @@ def train(hp: Hyperparameters, log: Logger) -> None:
     if backend == "cpu" and blas == "reference":
         log("WARNING: MLX is using its slow reference BLAS (~6 GFLOP/s, ~30-60x slower fp32 matmul); "
             "install MKL into this environment (pip install mkl) or OpenBLAS (apt-get install libopenblas0), "
-            "or run with LD_PRELOAD=/path/to/libmkl_rt.so.2")
+            "or run with LD_PRELOAD=/path/to/libmkl_rt.so")
 
     # Warm-up runs the real training shapes so compilation and allocation happen before the
     # clock starts, but applies no update; then the data stream restarts from its beginning.
@@ -1004,8 +1015,12 @@ def train(hp: Hyperparameters, log: Logger) -> None:
     code_bytes = len(Path(__file__).read_bytes())
     log(f"Code size: {code_bytes} bytes")
     log(f"Total submission size int8+zlib: {code_bytes + quant_bytes} bytes")
+    if code_bytes + quant_bytes > SUBMISSION_CAP_BYTES:
+        log(f"WARNING: the submission is over the challenge's cap of {SUBMISSION_CAP_BYTES} bytes (decimal) "
+            f"by {code_bytes + quant_bytes - SUBMISSION_CAP_BYTES} bytes")
 
-    model.update(tree_unflatten(list(dequantize_int8(pickle.loads(zlib.decompress(quant_path.read_bytes()))).items())))
+    reloaded = dequantize_int8(pickle.loads(zlib.decompress(quant_path.read_bytes())))
+    model.update(tree_unflatten(list(reloaded.items())))
     q_t0 = time.perf_counter()
     q_loss, q_bpb = evaluate(hp, loss_fn, val_tokens, luts, log, streams)
     log(f"final_int8_zlib_roundtrip val_loss:{q_loss:.4f} val_bpb:{q_bpb:.4f} "

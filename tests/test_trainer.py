@@ -18,7 +18,7 @@ import pytest
 
 from autogolf.shards import read_tokens, write_shard
 from conftest import REAL_DOCS, REAL_TOKENIZER, require_fixtures
-from trainer_helpers import (BOS_ID, CONTRACT, STOPPING_EARLY, TINY, TRAINER, build_dataset, import_trainer,
+from trainer_helpers import (CONTRACT, STOPPING_EARLY, TINY, TRAINER, build_dataset, import_trainer,
                              load_docs, parse_log, run_trainer, tokenize_docs)
 
 # ---------------------------------------------------------------------------------------
@@ -273,7 +273,7 @@ def test_blocked_attention_gradients_equal_fused_sdpa(trainer):
 
     got = mx.grad(blocked, argnums=(0, 1, 2))(q, k, v)
     want = mx.grad(fused, argnums=(0, 1, 2))(q, k, v)
-    for g, r in zip(got, want):
+    for g, r in zip(got, want, strict=True):
         np.testing.assert_allclose(np.array(g), np.array(r), rtol=1e-4, atol=1e-5)
 
 
@@ -318,16 +318,25 @@ def test_import_has_no_side_effects(tmp_path, monkeypatch, capsys):
 def seeded_runs(dataset, tmp_path_factory) -> list[Run]:
     out = tmp_path_factory.mktemp("seeded")
     base = dict(ITERATIONS=6, VAL_MAX_TOKENS=1024, TRAIN_BATCH_TOKENS=1024)
-    return [Run(tiny_env(dataset, RUN_ID=f"seed{i}", SEED=seed, **base), out)
-            for i, seed in enumerate((7, 7, 8))]
+    runs = [Run(tiny_env(dataset, RUN_ID=f"seed{i}", SEED=seed, **base), out) for i, seed in enumerate((7, 7, 8))]
+    return runs + [Run(tiny_env(dataset, RUN_ID="warm3", SEED=7, WARMUP_STEPS=3, **base), out)]
 
 
 def test_same_seed_gives_identical_losses(seeded_runs):
-    a, b, c = seeded_runs
+    a, b, c, _ = seeded_runs
     assert len(a.train_losses()) == 6
     assert a.train_losses() == b.train_losses()
     assert a.parsed["final_exact"] == b.parsed["final_exact"]
     assert a.train_losses() != c.train_losses()
+
+
+def test_warmup_steps_do_not_train(seeded_runs):
+    """Warm-up only primes compilation: no update, and the data stream starts over."""
+    a, _, _, warm3 = seeded_runs
+    assert [line for line in warm3.lines if line.startswith("warmup_step:")] == [
+        f"warmup_step:{i}/3" for i in (1, 2, 3)]
+    assert warm3.train_losses() == a.train_losses()
+    assert warm3.parsed["final_exact"] == a.parsed["final_exact"]
 
 
 def test_wallclock_cap_stops_early_and_reference_blas_warns(dataset, tmp_path, monkeypatch):
@@ -362,6 +371,7 @@ def corrupt_header(index: int, value: int):
         raw = bytearray(f.read_bytes())
         raw[4 * index:4 * index + 4] = np.array([value], "<i4").tobytes()
         f.write_bytes(bytes(raw))
+    mutate.__name__ = f"header_int{index}_{value}"
     return mutate
 
 
@@ -413,13 +423,13 @@ def assert_clean_error(proc, needles):
         assert needle in lines[0], (needle, lines[0])
 
 
-@pytest.mark.parametrize("overrides,needles", BAD_SETTINGS, ids=[next(iter(o)) + "-" + n[-1] for o, n in BAD_SETTINGS])
+@pytest.mark.parametrize("overrides,needles", BAD_SETTINGS,
+                         ids=[next(iter(o)) + "-" + n[-1] for o, n in BAD_SETTINGS])
 def test_bad_setting_gives_clear_error(dataset, tmp_path, overrides, needles):
     assert_clean_error(run_trainer(tiny_env(dataset, RUN_ID="bad", **overrides), tmp_path), needles)
 
 
-@pytest.mark.parametrize("mutate,needles", BAD_DATA, ids=[m.__name__ if hasattr(m, "__name__") else str(i)
-                                                        for i, (m, _) in enumerate(BAD_DATA)])
+@pytest.mark.parametrize("mutate,needles", BAD_DATA, ids=[m.__name__ for m, _ in BAD_DATA])
 def test_bad_data_gives_clear_error(dataset, tmp_path, mutate, needles):
     bad = bad_dataset(tmp_path, dataset, mutate)
     assert_clean_error(run_trainer(tiny_env(bad, RUN_ID="bad"), tmp_path), needles)
@@ -451,3 +461,21 @@ def test_split_batch_over_streams_gives_the_same_loss_and_gradients(trainer, dat
     assert abs(results[1][0] - results[4][0]) < 1e-6
     for k, g in results[1][1].items():
         np.testing.assert_allclose(results[4][1][k], g, rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+@pytest.mark.parametrize("dtype_name", ["bfloat16", "float16"])
+def test_half_precision_compute_gives_finite_loss_and_gradients(trainer, dataset, dtype_name):
+    """COMPUTE_DTYPE=bfloat16 (the GPU default) and float16 train without overflow."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+
+    hp = trainer.hyperparameters_from_env(tiny_env(dataset))
+    mx.random.seed(0)
+    model = trainer.GPT(hp, getattr(mx, dtype_name), attn_block=16)
+    tokens = read_tokens(dataset / "fineweb_train_000000.bin")[:4 * 64 + 1].astype(np.int32)
+    x, y = mx.array(tokens[:-1].reshape(4, 64)), mx.array(tokens[1:].reshape(4, 64))
+    loss, grads = nn.value_and_grad(model, lambda x, y: model.loss(x, y))(x, y)
+    assert abs(float(loss) - math.log(1024)) < 0.1
+    bad = [k for k, g in tree_flatten(grads) if not bool(mx.all(mx.isfinite(g)))]
+    assert bad == []

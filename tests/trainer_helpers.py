@@ -22,7 +22,6 @@ BOS_ID = 1
 NUM_VAL_DOCS = 20
 
 # The log contract (spec "Log contract"), one regex per line shape.
-NUM = r"[-+]?\d+(?:\.\d+)?"
 CONTRACT = {
     "model_params": re.compile(
         r"^model_params:(?P<n>\d+) vocab_size:(?P<V>\d+) layers:(?P<L>\d+) dim:(?P<D>\d+) heads:(?P<H>\d+) "
@@ -34,11 +33,11 @@ CONTRACT = {
     "train_loader": re.compile(r"^train_loader:dataset:(?P<name>\S+) train_shards:(?P<n>\d+)(?:/(?P<expected>\d+))?$"),
     "val_loader": re.compile(r"^val_loader:shards pattern=(?P<glob>\S+) tokens:(?P<n>\d+)$"),
     "train_step": re.compile(
-        rf"^step:(?P<s>\d+)/(?P<it>\d+) train_loss:(?P<loss>{NUM}) train_time:(?P<ms>\d+)ms "
-        rf"step_avg:(?P<avg>\d+\.\d\d)ms tok_s:(?P<tok_s>\d+)$"),
+        r"^step:(?P<s>\d+)/(?P<it>\d+) train_loss:(?P<loss>\d+\.\d{4}) train_time:(?P<ms>\d+)ms "
+        r"step_avg:(?P<avg>\d+\.\d\d)ms tok_s:(?P<tok_s>\d+)$"),
     "val_step": re.compile(
-        rf"^step:(?P<s>\d+)/(?P<it>\d+) val_loss:(?P<loss>\d+\.\d{{4}}) val_bpb:(?P<bpb>\d+\.\d{{4}}) "
-        rf"train_time:(?P<ms>\d+)ms step_avg:(?P<avg>\d+\.\d\d)ms$"),
+        r"^step:(?P<s>\d+)/(?P<it>\d+) val_loss:(?P<loss>\d+\.\d{4}) val_bpb:(?P<bpb>\d+\.\d{4}) "
+        r"train_time:(?P<ms>\d+)ms step_avg:(?P<avg>\d+\.\d\d)ms$"),
     "serialized": re.compile(
         r"^serialized_model_int8_zlib:(?P<bytes>\d+) bytes \(payload:(?P<p>\d+) raw_pickle:(?P<r>\d+) "
         r"payload_ratio:(?P<ratio>\d+\.\d\d)x\)$"),
