@@ -8,7 +8,8 @@ A failure makes the run `checks_failed`, which the agent cannot keep. They fail 
      or is longer than 1,500 lines;
   4. a protected file changed: the validation shards, tokenizers and cache manifests, the
      upstream checkout (.upstream/), the harness (autoresearch.sh, autoresearch.checks.sh,
-     scripts/, autogolf/ including profiles.toml), README.md, Justfile, .gitignore.
+     scripts/, autogolf/ including profiles.toml), README.md, Justfile, .gitignore, the
+     pinned upstream commit, pyproject.toml and uv.lock.
 
 Protected files are compared with a sha256 manifest, `logs/protected.json`: git-ignored
 (so pi-autoresearch's `git checkout -- . && git clean -fd` keeps it) and recorded by
@@ -49,7 +50,8 @@ MAX_TRAINER_LINES = 1500
 
 # Protected paths, relative to the repository root. "dir/" = every file below it.
 HARNESS_PATTERNS = ("autoresearch.sh", "autoresearch.checks.sh", "README.md", "Justfile",
-                    ".gitignore", "scripts/", "autogolf/")
+                    ".gitignore", "scripts/", "autogolf/", "benchmark/UPSTREAM_COMMIT.txt",
+                    "pyproject.toml", "uv.lock")
 DATA_PATTERNS = ("data/datasets/*/fineweb_val_*.bin", "data/datasets/*/autogolf_manifest.json",
                  "data/tokenizers/*.model", "data/tokenizers/*.vocab", ".upstream/")
 # Never protected: VCS and tool caches (huggingface_hub keeps lock and metadata files under
