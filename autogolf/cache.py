@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from autogolf.fsutil import atomic_write
 from autogolf.shards import (HEADER_BYTES, TOKEN_DTYPE, ShardError, list_shards,
                              read_header, shard_split_index, validate_shard)
 
@@ -139,18 +140,21 @@ def _check_contiguous(dataset_dir: Path, shards: dict[str, list[Path]]) -> None:
                              f"is missing; re-run `just bootstrap` (or `just corpus SRC`)")
 
 
+def _check_splits(dataset_dir: Path, on_disk: dict[str, list[Path]], splits: dict, bos_id: int) -> None:
+    """Both splits hold tokens, and each starts with BOS (documents are BOS + tokens)."""
+    for split in SPLITS:
+        if splits[split]["tokens"] == 0:
+            raise CacheError(f"{dataset_dir}: the {split} split is empty ({splits[split]['shards']} "
+                             f"shards, 0 tokens); nothing to {'score' if split == 'val' else 'train'} "
+                             f"on; re-run `just bootstrap` (or `just corpus SRC`)")
+        first = _first_token(on_disk[split][0])
+        if first != bos_id:
+            raise CacheError(f"{on_disk[split][0]}: first token is {first}, not BOS ({bos_id}); "
+                             f"documents must be stored as BOS + tokens; rebuild the cache")
+
+
 def _atomic_write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode("utf-8"))
 
 
 # --------------------------------------------------------------------------- manifest
@@ -193,15 +197,7 @@ def write_manifest(dataset_dir: Path, tokenizer_path: Path, *, source: str, is_f
             done, nbytes = done + 1, nbytes + size
             progress.update(done, nbytes)
         splits[split] = {"shards": len(on_disk[split]), "tokens": split_tokens}
-    for split in SPLITS:
-        if splits[split]["tokens"] == 0:
-            raise CacheError(f"{dataset_dir}: the {split} split has no tokens "
-                             f"({splits[split]['shards']} shards); the cache is incomplete; "
-                             f"re-run `just bootstrap` (or `just corpus SRC`)")
-        first = _first_token(on_disk[split][0])
-        if first != bos_id:
-            raise CacheError(f"{on_disk[split][0]}: first token is {first}, not BOS ({bos_id}); "
-                             f"documents must be written as BOS + tokens; rebuild the cache")
+    _check_splits(dataset_dir, on_disk, splits, bos_id)
 
     manifest = {
         "manifest_version": MANIFEST_VERSION,
@@ -340,15 +336,8 @@ def verify_cache(dataset_dir: Path, tokenizer_path: Path | None = None, *, deep:
             progress.update(done, nbytes)
         splits[split] = {"shards": len(on_disk[split]), "tokens": split_tokens}
 
+    _check_splits(dataset_dir, on_disk, splits, bos_id)
     for split in SPLITS:
-        if splits[split]["tokens"] == 0:
-            raise CacheError(f"{dataset_dir}: the {split} split is empty ({splits[split]['shards']} "
-                             f"shards, 0 tokens); nothing to {'score' if split == 'val' else 'train'} "
-                             f"on; re-run `just bootstrap` (or `just corpus SRC`)")
-        first = _first_token(on_disk[split][0])
-        if first != bos_id:
-            raise CacheError(f"{on_disk[split][0]}: first token is {first}, not BOS ({bos_id}); "
-                             f"documents must be stored as BOS + tokens; rebuild the cache")
         if splits[split] != manifest["splits"].get(split):
             raise CacheError(f"{manifest_path}: {split} totals {manifest['splits'].get(split)} do "
                              f"not match the shards {splits[split]}; rebuild the cache")

@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 from autogolf import ledger, logparse, metrics
+from autogolf.fsutil import atomic_write
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MANIFEST_RELPATH = Path("logs") / "protected.json"
@@ -173,9 +174,7 @@ def record_manifest(root: Path = REPO_ROOT, dataset_dir: Path | None = None,
     }
     path = manifest_path(root)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, (json.dumps(manifest, indent=1) + "\n").encode("utf-8"))
     return manifest
 
 

@@ -34,6 +34,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from autogolf.cache import BOS_ID, CacheError, file_sha256, load_tokenizer, write_manifest
+from autogolf.fsutil import atomic_write, pid_alive
 from autogolf.shards import ShardError, write_shard
 
 SUFFIXES = (".jsonl", ".parquet", ".txt")
@@ -198,22 +199,9 @@ def train_tokenizer(texts: Iterable[str], model_path: Path, *, vocab_size: int =
                          f"tokenizer on this corpus ({e}); use a larger corpus") from e
     sp = spm.SentencePieceProcessor(model_proto=proto.getvalue())
     vocab_lines = "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.vocab_size()))
-    _atomic_write_bytes(model_path.with_suffix(".vocab"), vocab_lines.encode("utf-8"))
-    _atomic_write_bytes(model_path, proto.getvalue())
+    atomic_write(model_path.with_suffix(".vocab"), vocab_lines.encode("utf-8"))
+    atomic_write(model_path, proto.getvalue())
     return model_path
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def tokenizer_name_for(dataset_name: str, vocab_size: int = VOCAB_SIZE) -> str:
@@ -319,16 +307,6 @@ def tokenize_to_shards(docs: Iterable[str], tokenizer_path: Path, out_dir: Path,
 
 # --------------------------------------------------------------------------- building
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale_builds(datasets_dir: Path) -> list[Path]:
     """Delete build folders left by killed imports (their process is gone)."""
     removed = []
@@ -337,7 +315,7 @@ def remove_stale_builds(datasets_dir: Path) -> list[Path]:
             pid = int(d.name[len(BUILD_PREFIX):])
         except ValueError:
             continue
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             shutil.rmtree(d, ignore_errors=True)
             removed.append(d)
     return removed

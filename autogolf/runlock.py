@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+from autogolf.fsutil import pid_alive
+
 DEFAULT_WAIT_SECONDS = 900.0
 _POLL_SECONDS = 0.25
 _REPORT_EVERY_SECONDS = 30.0
@@ -54,16 +56,6 @@ def default_wait_seconds() -> float:
         raise ValueError(f"AUTOGOLF_LOCK_WAIT_SECONDS={raw!r} is not a number of seconds") from None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def describe_holder(info: dict | None) -> str:
     """One line about whoever holds the lock, from the JSON it wrote."""
     if not info:
@@ -72,7 +64,7 @@ def describe_holder(info: dict | None) -> str:
     text = (f"run {info.get('run_id', '?')} (pid {pid}, {info.get('cwd', '?')}, "
             f"started {info.get('started_at', '?')})")
     trainer = info.get("trainer_pid")
-    if isinstance(pid, int) and not _pid_alive(pid):
+    if isinstance(pid, int) and not pid_alive(pid):
         if trainer:
             text += (f"; its orchestrator is gone but trainer pid {trainer} still holds the lock "
                      f"(kill {trainer} if it is stuck)")

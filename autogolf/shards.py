@@ -11,12 +11,13 @@ file that looks like a valid shard: either the old file, nothing, or the whole n
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from autogolf.fsutil import atomic_write
 
 MAGIC = 20240520
 VERSION = 1
@@ -120,18 +121,7 @@ def write_shard(path: Path, tokens: np.ndarray) -> None:
         raise ValueError(f"{path}: token ids must fit in uint16")
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[0], header[1], header[2] = MAGIC, VERSION, tokens.size
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(header.tobytes())
-            f.write(tokens.astype(TOKEN_DTYPE, copy=False).tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, header.tobytes(), tokens.astype(TOKEN_DTYPE, copy=False).tobytes())
 
 
 def list_shards(dataset_dir: Path, split: str) -> list[Path]:

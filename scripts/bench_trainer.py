@@ -384,8 +384,8 @@ def main(argv=None) -> int:
               f"peak used: {peak:.1f} (the best of the two; other users of the cores lower it)")
 
         want_params = expected_model_params(c)
-        print(f"\n| run | tok/s | ms/step | GFLOP/s | of sgemm peak | steps timed | note |")
-        print(f"|---|---|---|---|---|---|---|")
+        print("\n| run | tok/s | ms/step | GFLOP/s | of sgemm peak | steps timed | note |")
+        print("|---|---|---|---|---|---|---|")
         for r in runs:
             if r.tok_s is None:
                 print(f"| {r.name} | - | - | - | - | 0 | FAILED: {r.error[:150]} |")
