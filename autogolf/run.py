@@ -46,6 +46,7 @@ from pathlib import Path
 import psutil
 
 from autogolf import checks, ledger, logparse, metrics, profiles
+from autogolf.blas import preload_env
 from autogolf.cache import CacheError, resolve_dataset, verify_cache
 from autogolf.runlock import LockTimeout, RunLock
 from autogolf.shards import ShardError
@@ -370,11 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         env.update(profile.resolved)
         env.update({"DATA_PATH": str(dataset_dir), "TOKENIZER_PATH": str(tokenizer_path),
                     "RUN_ID": run_id, "OUT_DIR": str(logs_dir), "PYTHONUNBUFFERED": "1"})
-        try:
-            from autogolf.blas import preload_env
-            env = preload_env(env)
-        except ImportError:
-            pass  # no blas helper: the trainer falls back to its own in-process preload
+        env = preload_env(env)  # optimized BLAS on Linux CPU (autogolf/blas.py)
         row["settings"] = _settings(trainer, env, profile)
         row["blas_preload"] = env.get("LD_PRELOAD", "")
 

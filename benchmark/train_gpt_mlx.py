@@ -248,7 +248,7 @@ def check_hyperparameters(hp: Hyperparameters) -> None:
 
 SHARD_MAGIC, SHARD_VERSION, SHARD_HEADER_INTS = 20240520, 1, 256
 SHARD_HEADER_BYTES = 4 * SHARD_HEADER_INTS
-DATA_FIX = "re-download it (python data/cached_challenge_fineweb.py) or rebuild the dataset"
+DATA_FIX = "re-run `just bootstrap` (or upstream's data/cached_challenge_fineweb.py), or rebuild the dataset"
 
 
 def read_shard_header(path: Path) -> int:
@@ -895,7 +895,8 @@ def train(hp: Hyperparameters, log: Logger) -> None:
     check_hyperparameters(hp)
     if not Path(hp.data_path).is_dir():
         raise InputError(f"DATA_PATH={hp.data_path} is not a folder; download the data "
-                         f"(python data/cached_challenge_fineweb.py --variant sp1024) or point DATA_PATH at it")
+                         f"(`just bootstrap`, or upstream's data/cached_challenge_fineweb.py --variant sp1024) "
+                         f"or point DATA_PATH at it")
     train_files = shard_files(hp.train_files, "train")
     if sum(read_shard_header(f) for f in train_files) == 0:  # (checks every header up front)
         raise InputError(f"the train shards matching {hp.train_files} hold no tokens; {DATA_FIX}")
