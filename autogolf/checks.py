@@ -269,10 +269,9 @@ def check_trainer(path: Path) -> list[str]:
 def check_latest_run(root: Path = REPO_ROOT) -> list[str]:
     root = Path(root)
     path = ledger.default_path(root)
-    rows, _ = ledger.read(path)
-    if not rows:
+    row = latest_run(path)
+    if row is None:
         return [f"{path}: no run recorded; run `bash autoresearch.sh` first"]
-    row = rows[-1]
     run = row.get("run_id", "?")
     if row.get("status") != "ok":
         return [f"latest run {run} did not succeed (status {row.get('status')}: "
@@ -302,6 +301,12 @@ def check_latest_run(root: Path = REPO_ROOT) -> list[str]:
     return problems
 
 
+def latest_run(path: Path) -> dict | None:
+    """The last run that has finished (a run still going, or lost, has nothing to check)."""
+    finished = [r for r in ledger.runs(path) if ledger.record_kind(r) == "run" and r.get("status") != "lost"]
+    return finished[-1] if finished else None
+
+
 def run_checks(root: Path = REPO_ROOT, trainer: Path | None = None) -> list[str]:
     root = Path(root)
     trainer = trainer or root / TRAINER_RELPATH
@@ -325,6 +330,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     problems = run_checks(args.root)
     elapsed = time.monotonic() - start
+    # The ledger records the outcome against the run checked, so the best-so-far and the
+    # verdicts can leave out runs that failed their checks.
+    ledger_path = ledger.default_path(args.root)
+    latest = latest_run(ledger_path)
+    if latest is not None:
+        ledger.append_checks(latest["run_id"], not problems, problems, ledger_path)
     for problem in problems:
         print(f"checks: FAIL {problem}")
     if problems:

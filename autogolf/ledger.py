@@ -1,10 +1,16 @@
 """The run ledger: `logs/runs.jsonl`, one JSON object per benchmark run, append-only.
 
-Every run the harness starts gets exactly one row, whatever happened to it (ok, crash,
-timeout, killed, cap_violation, interrupted, lock_timeout, data_error, config_error,
-harness_error), so no result is ever lost to a `git checkout`/`git clean` (logs/ is
-git-ignored) or to a crash. The one exception is an orchestrator killed with SIGKILL, which
-can write nothing (its trainer dies with it).
+Three kinds of line ("record"; a line without one is a "run" line, as older ledgers wrote):
+  start   written the moment a run starts: run_id, started_at, profile, harness {pid, host,
+          create_time}. So a run whose orchestrator is killed with SIGKILL, or whose machine
+          loses power, is still known.
+  run     its result, exactly one per run, whatever happened (ok, crash, timeout, killed,
+          cap_violation, interrupted, lock_timeout, data_error, config_error, harness_error,
+          or lost: written by `reconcile` for a start whose harness died without a result).
+  checks  the outcome of autoresearch.checks.sh for a run: run_id, passed, problems, at.
+`fold` turns the lines into one dict per run, in the order the runs started, with its
+checks attached; `runs(path)` does both and is what readers use. Nothing is lost to a
+`git checkout`/`git clean` (logs/ is git-ignored) or to a crash.
 
 Appends are safe when several runs finish at once: O_APPEND, one write() of one whole
 line, under an flock on the ledger file. A reader skips lines that do not parse (a
@@ -17,7 +23,7 @@ Row fields (the orchestrator, autogolf/run.py, fills them):
   upstream_commit, machine {hostname, platform, python, cpu_count, memory_bytes}, backend,
   mlx_version, metrics {name: value}, timing {...}, log_path, console_path.
 
-CLI: python -m autogolf.ledger [--last N] [--path logs/runs.jsonl]
+CLI: python -m autogolf.ledger [--last N] [--path logs/runs.jsonl]  (reconciles lost runs first)
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import platform
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -95,6 +102,107 @@ def read(path: Path) -> tuple[list[dict], int]:
 def last_row(path: Path) -> dict | None:
     rows, _ = read(path)
     return rows[-1] if rows else None
+
+
+# --------------------------------------------------------------------------- runs from lines
+
+def record_kind(row: dict) -> str:
+    return row.get("record") or "run"
+
+
+def harness_identity() -> dict:
+    """Who is running this benchmark: enough to tell later whether it is still alive (a pid
+    alone is not: pids are reused, so the process's start time goes with it)."""
+    import psutil
+
+    return {"pid": os.getpid(), "host": socket.gethostname(),
+            "create_time": round(psutil.Process().create_time(), 3)}
+
+
+def harness_alive(harness: dict | None) -> bool:
+    """True unless we can tell the run's orchestrator is gone. A run started on another host
+    is assumed alive (this machine cannot see it)."""
+    import psutil
+
+    if not harness or harness.get("host") != socket.gethostname():
+        return True
+    try:
+        proc = psutil.Process(int(harness["pid"]))
+        return abs(proc.create_time() - float(harness.get("create_time", 0))) < 1.0
+    except (psutil.Error, KeyError, TypeError, ValueError):
+        return False
+
+
+def append_start(run_id: str, path: Path, **facts) -> dict:
+    row = {"record": "start", "run_id": run_id, "status": "running",
+           "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "harness": harness_identity(), **facts}
+    append(row, path)
+    return row
+
+
+def append_checks(run_id: str, passed: bool, problems: list[str], path: Path) -> None:
+    append({"record": "checks", "run_id": run_id, "passed": bool(passed), "problems": list(problems),
+            "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, path)
+
+
+def fold(rows: list[dict], alive=harness_alive) -> list[dict]:
+    """One dict per run, in the order the runs started: its result line (or, while there is
+    none, its start line with status "running", or "lost" when its harness is gone), with
+    "checks" set to the last checks line for it (None when the checks never ran)."""
+    runs: dict[str, dict] = {}
+    checks: dict[str, dict] = {}
+    for row in rows:
+        run_id = row.get("run_id")
+        if not isinstance(run_id, str):
+            continue
+        kind = record_kind(row)
+        if kind == "checks":
+            checks[run_id] = {k: row.get(k) for k in ("passed", "problems", "at")}
+        elif kind == "start":
+            runs.setdefault(run_id, dict(row))
+        elif kind == "run":
+            start = runs.get(run_id)
+            merged = dict(start) if start and record_kind(start) == "start" else {}
+            merged.update(row)
+            runs[run_id] = merged
+    out = []
+    for run_id, run in runs.items():
+        run = dict(run)
+        if record_kind(run) == "start" and not alive(run.get("harness")):
+            run["status"] = "lost"
+            run["exit_reason"] = LOST_REASON
+        run["checks"] = checks.get(run_id)
+        out.append(run)
+    return out
+
+
+LOST_REASON = ("the harness died before it wrote a result (kill -9, a closed session or power "
+               "loss); the trainer died with it")
+
+
+def reconcile(path: Path) -> list[dict]:
+    """Write a "lost" result line for every started run whose harness is gone, so the ledger
+    says so for good (`fold` would only infer it). Returns the lines written."""
+    rows, _ = read(path)
+    written = []
+    for run in fold(rows):
+        if run.get("status") == "lost" and record_kind(run) == "start":
+            row = {k: v for k, v in run.items() if k not in ("record", "checks")}
+            row.update(record="run", status="lost", exit_reason=LOST_REASON,
+                       reconciled_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            log = row.get("console_path")
+            if log and (REPO_ROOT / log).is_file():
+                tail = (REPO_ROOT / log).read_text(encoding="utf-8", errors="replace").splitlines()[-3:]
+                row["last_output"] = tail
+            append(row, path)
+            written.append(row)
+    return written
+
+
+def runs(path: Path) -> list[dict]:
+    """The runs in a ledger file, folded (see `fold`)."""
+    rows, _ = read(path)
+    return fold(rows)
 
 
 # --------------------------------------------------------------------------- facts for a row
@@ -181,8 +289,11 @@ def format_table(rows: list[dict], last: int | None = None) -> str:
         total = (row.get("metrics") or {}).get("total_bytes")
         dataset = (row.get("dataset") or {}).get("name") or "-"
         wall = row.get("wall_seconds")
+        status = row.get("status", "?")
+        if status == "ok" and (row.get("checks") or {}).get("passed") is False:
+            status = "checks_failed"
         lines.append(
-            f"{str(row.get('run_id', '?'))[:34]:<34} {str(row.get('status', '?')):<13} "
+            f"{str(row.get('run_id', '?'))[:34]:<34} {str(status):<13} "
             f"{str(row.get('profile', '-')):<8} {dataset[:22]:<22} "
             f"{(f'{value:.6f}' if value is not None else '-'):>10}{'*' if best else ' '} "
             f"{(f'{total:,}' if isinstance(total, int) else '-'):>11}  "
@@ -201,7 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the selected rows as JSON lines instead")
     args = parser.parse_args(argv)
     path = args.path or default_path()
-    rows, skipped = read(path)
+    for row in reconcile(path):
+        print(f"ledger: run {row['run_id']} recorded as lost: {LOST_REASON}", file=sys.stderr)
+    lines, skipped = read(path)
+    rows = fold(lines)
     if not rows:
         print(f"{path}: no runs recorded yet" + (f" ({skipped} corrupt lines skipped)" if skipped else ""))
         return 0

@@ -325,6 +325,11 @@ def main(argv: list[str] | None = None) -> int:
     row: dict = {"run_id": run_id, "status": None, "exit_reason": "", "started_at": started_at,
                  "profile": profile_name, "log_path": str(log_path.relative_to(REPO_ROOT)),
                  "console_path": str(console_path.relative_to(REPO_ROOT))}
+    # In the ledger from the first moment, so even a kill -9 of this process leaves a trace
+    # (the next run or `just ledger` records it as lost); earlier lost runs are settled now.
+    ledger.reconcile(ledger_path)
+    ledger.append_start(run_id, ledger_path, profile=profile_name, log_path=row["log_path"],
+                        console_path=row["console_path"])
     status, reason = "harness_error", ""
     result = metrics.MetricsResult()
     lock: RunLock | None = None
@@ -443,11 +448,11 @@ def main(argv: list[str] | None = None) -> int:
               "trainer_ended_at": LAST_TRAINER.get("ended_at")}
     if status == "ok" and wall > 0:
         result.metrics["harness_overhead_pct"] = round(100.0 * (wall - train_s) / wall, 2)
-    rows_before, _ = ledger.read(ledger_path)
+    rows_before = [r for r in ledger.runs(ledger_path) if r.get("run_id") != run_id]
     fingerprint = (row.get("dataset") or {}).get("fingerprint")
     best = _best_before(rows_before, profile_name, fingerprint)
     row.update({
-        "status": status, "exit_reason": reason, "ended_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "record": "run", "status": status, "exit_reason": reason, "ended_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "wall_seconds": round(wall, 3), "timing": timing, "metrics": dict(result.metrics),
         "metric_notes": result.notes, "git": ledger.git_info(REPO_ROOT),
         "upstream_commit": _upstream_commit(), "machine": ledger.machine_info(),

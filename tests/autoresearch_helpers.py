@@ -103,7 +103,7 @@ def ledger_rows(project: Path) -> list[dict]:
 
     rows, skipped = ledger.read(project / "logs" / "runs.jsonl")
     assert skipped == 0
-    return rows
+    return ledger.fold(rows)  # one dict per run: start, result and checks lines merged
 
 
 def wait_for(predicate, seconds: float, what: str):

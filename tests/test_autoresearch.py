@@ -296,8 +296,12 @@ def test_orchestrator_sigkilled_takes_its_trainer_with_it(project, env, long_run
         assert out.returncode == 0, out.stdout[-2000:]
     watch.assert_clean()
     assert lock_is_free(Path(env["AUTOGOLF_LOCK_PATH"]))
-    # the SIGKILLed run could write no row; the next one did
-    assert [r["status"] for r in ledger_rows(project)] == ["ok"]
+    # the SIGKILLed run could write no result, but its start line was there: the next run
+    # recorded it as lost, for good, then ran
+    rows = ledger_rows(project)
+    assert [r["status"] for r in rows] == ["lost", "ok"]
+    assert "harness died" in rows[0]["exit_reason"] and rows[0]["profile"] == "smoke"
+    assert rows[0]["reconciled_at"]
 
 
 def test_timeout_kills_a_hanging_trainer_and_its_escaped_child(project, env, tmp_path):

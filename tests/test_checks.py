@@ -56,7 +56,7 @@ def assert_fails(project: Path, *needles: str) -> str:
 
 
 def latest_log(project: Path) -> Path:
-    return project / ledger.last_row(project / "logs" / "runs.jsonl")["log_path"]
+    return project / ledger.runs(project / "logs" / "runs.jsonl")[-1]["log_path"]
 
 
 def test_clean_run_passes(project):

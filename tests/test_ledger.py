@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -102,3 +103,34 @@ def test_rows_are_single_json_lines(tmp_path):
     raw = path.read_text()
     assert raw.count("\n") == 1
     assert json.loads(raw)["exit_reason"] == "line one\nline two"
+
+
+def test_fold_merges_start_result_and_checks_lines(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    ledger.append_start("a", path, profile="smoke")
+    ledger.append_start("b", path, profile="smoke")  # b is still going (this process is alive)
+    ledger.append({"run_id": "a", "record": "run", "status": "ok", "metrics": {"val_bpb": 2.0}}, path)
+    ledger.append_checks("a", False, ["protected file changed: README.md"], path)
+    ledger.append({"run_id": "old", "status": "crash"}, path)  # an older ledger's line: no record
+    runs = ledger.runs(path)
+    assert [(r["run_id"], r["status"]) for r in runs] == [("a", "ok"), ("b", "running"), ("old", "crash")]
+    assert runs[0]["profile"] == "smoke" and runs[0]["harness"]["pid"] == os.getpid()
+    assert runs[0]["checks"]["passed"] is False and "README.md" in runs[0]["checks"]["problems"][0]
+    assert runs[1]["checks"] is None
+
+
+def test_a_start_whose_harness_died_is_reconciled_as_lost_once(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    child = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        from autogolf import ledger
+        ledger.append_start("dead", {str(path)!r}, profile="breadth")
+    """)], cwd=REPO, check=True)
+    assert child.returncode == 0  # that harness is gone now
+    assert [r["status"] for r in ledger.runs(path)] == ["lost"]
+    out = subprocess.run([sys.executable, "-m", "autogolf.ledger", "--path", str(path)],
+                         cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0 and "run dead recorded as lost" in out.stderr
+    assert "lost" in out.stdout
+    rows, _ = ledger.read(path)
+    assert [ledger.record_kind(r) for r in rows] == ["start", "run"]
+    assert ledger.reconcile(path) == []  # settled for good: nothing written twice
