@@ -37,6 +37,26 @@ confirm:
 full:
     PROFILE=full bash autoresearch.sh
 
+# install the agent into the project: Node >= 22.19, pi and pi-autoresearch (pinned by agent/package-lock.json)
+setup-agent:
+    bash scripts/setup-agent.sh
+
+# start the agent loop (pi + pi-autoresearch, kept alive by a supervisor) in a detached tmux session
+autoresearch:
+    {{py}} -m autogolf.agent.loop start
+
+# watch the loop: attach to its tmux session (detach with Ctrl-b d)
+attach:
+    {{py}} -m autogolf.agent.loop attach
+
+# end the loop; a running benchmark finishes and is recorded (--kill-benchmark, --no-wait)
+stop *ARGS:
+    {{py}} -m autogolf.agent.loop stop {{ARGS}}
+
+# one screen: the agent, the benchmark running now, the last runs and the best per profile
+status *ARGS:
+    {{py}} -m autogolf.agent.status {{ARGS}}
+
 # the test suite (tiny models, real fixtures from ../shared/fixtures)
 test *ARGS:
     bash scripts/run-tests.sh {{ARGS}}

@@ -52,7 +52,11 @@ MAX_TRAINER_LINES = 1500
 # Protected paths, relative to the repository root. "dir/" = every file below it.
 HARNESS_PATTERNS = ("autoresearch.sh", "autoresearch.checks.sh", "README.md", "Justfile",
                     ".gitignore", "scripts/", "autogolf/", "benchmark/UPSTREAM_COMMIT.txt",
-                    "pyproject.toml", "uv.lock")
+                    "pyproject.toml", "uv.lock",
+                    # the shims that make pi-autoresearch run our benchmark and checks, and the
+                    # agent's pins (autoresearch.md and autoresearch.ideas.md are the agent's)
+                    ".auto/measure.sh", ".auto/checks.sh", "agent/package.json",
+                    "agent/package-lock.json", "agent/tools.json")
 DATA_PATTERNS = ("data/datasets/*/fineweb_val_*.bin", "data/datasets/*/autogolf_manifest.json",
                  "data/tokenizers/*.model", "data/tokenizers/*.vocab", ".upstream/")
 # Never protected: VCS and tool caches (huggingface_hub keeps lock and metadata files under

@@ -382,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
 
         timeout = _env_seconds("AUTOGOLF_TIMEOUT", profile.timeout_seconds)
         grace = _env_seconds("AUTOGOLF_KILL_GRACE_SECONDS", 10.0)
+        lock.set_deadline(time.time() + timeout + 2 * grace + 60)  # + evaluation and bookkeeping
         say(f"autoresearch: dataset={dataset_label} trainer={trainer.name} timeout={timeout:g}s "
             f"log={log_path.relative_to(REPO_ROOT)}")
         outcome = run_trainer([sys.executable, str(trainer)], env, console_path, timeout, grace, lock)

@@ -105,6 +105,13 @@ class RunLock:
             self.info["trainer_pid"] = pid
             self._write_info()
 
+    def set_deadline(self, epoch_seconds: float) -> None:
+        """When this run is past its hard timeout: until then the agent's supervisor leaves
+        the agent alone (a benchmark is running); after it, the run is presumed stuck."""
+        if self.fd is not None:
+            self.info["deadline"] = round(epoch_seconds, 3)
+            self._write_info()
+
     # -- acquire / release
     def acquire(self, poll=None) -> "RunLock":
         """Wait for the lock. `poll()` is called between attempts; it may raise to abandon

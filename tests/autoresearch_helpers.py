@@ -21,8 +21,9 @@ import numpy as np
 
 from conftest import REAL_DOCS, REAL_TOKENIZER, REPO
 
-PROJECT_FILES = ("autoresearch.sh", "autoresearch.checks.sh", "README.md", "Justfile", ".gitignore",
-                 "pyproject.toml", "autogolf", "scripts", "benchmark")
+PROJECT_FILES = ("autoresearch.sh", "autoresearch.checks.sh", "autoresearch.md", "autoresearch.ideas.md",
+                 "README.md", "Justfile", ".gitignore", "pyproject.toml", "autogolf", "scripts",
+                 "benchmark", ".auto", "agent")
 METRIC_RE = re.compile(r"^METRIC\s+([\w.µ]+)=(\S+)\s*$")
 VAL_DOCS = 12
 
@@ -64,15 +65,21 @@ def make_project(dst: Path) -> Path:
     for name in PROJECT_FILES:
         src = REPO / name
         if src.is_dir():
-            shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            shutil.copytree(src, dst / name, symlinks=True,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "node_modules", "log.jsonl"))
         elif src.is_file():
             shutil.copy2(src, dst / name)
     os.symlink(REPO / ".venv", dst / ".venv")
+    # the installed agent (scripts/setup-agent.sh) is shared, like .venv, when it is there
+    if (REPO / "agent" / "node_modules").is_dir():
+        os.symlink(REPO / "agent" / "node_modules", dst / "agent" / "node_modules")
+    if (REPO / ".tools").is_dir():
+        os.symlink(REPO / ".tools", dst / ".tools")
     git(dst, "init", "-q")
     git(dst, "config", "user.email", "tests@example.com")
     git(dst, "config", "user.name", "tests")
     # /.venv/ in .gitignore matches directories only; here .venv is a symlink
-    (dst / ".git" / "info" / "exclude").write_text(".venv\n")
+    (dst / ".git" / "info" / "exclude").write_text(".venv\n.tools\nagent/node_modules\n")
     git(dst, "add", "-A")
     git(dst, "commit", "-q", "-m", "harness under test")
     return dst

@@ -1,0 +1,146 @@
+"""`just status`: one screen that says how the night is going, whether or not the loop runs.
+
+    python -m autogolf.agent.status [--runs N]
+
+- The agent: alive or not, pid, uptime, restarts, the circuit breaker (from tmux and the
+  supervisor's logs/agent/state.json), and the last supervisor event.
+- The benchmark running now (whoever holds the machine's run lock): run, profile, step of
+  steps, tok/s, ETA, read live from its console log.
+- The last runs from the ledger, and the best val_bpb per profile and dataset (runs that
+  finished ok and did not fail their checks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from autogolf import ledger, logparse
+from autogolf.agent import session
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def agent_lines() -> list[str]:
+    state = session.read_state()
+    sess = session.find_session(session.tmux_server())
+    window = session.find_window(sess, session.AGENT_WINDOW)
+    lines = [f"loop     tmux session {session.session_name()}: "
+             + ("running" if sess is not None else "not running (start it with `just autoresearch`)")]
+    if window is not None:
+        pane = window.active_pane
+        pane.refresh()
+        if pane.pane_dead == "1":
+            lines.append(f"agent    DEAD (exit status {pane.pane_dead_status}); the supervisor restarts it")
+        else:
+            try:
+                uptime = time.time() - psutil.Process(int(pane.pane_pid)).create_time()
+                lines.append(f"agent    alive, pid {pane.pane_pid}, up {_duration(uptime)}")
+            except (psutil.Error, TypeError, ValueError):
+                lines.append(f"agent    pane {pane.pane_id}: process not found")
+    elif sess is not None:
+        lines.append("agent    no agent window yet")
+    supervised = "running" if session.supervisor_running() else "not running"
+    lines.append(f"supervisor {supervised}; restarts {state.get('restarts_total', 0)}")
+    breaker = state.get("breaker") or {}
+    if breaker.get("state") == "tripped":
+        lines.append(f"breaker  TRIPPED at {breaker.get('at')}: {breaker.get('reason')}; "
+                     f"fix the cause, then `just autoresearch` starts afresh")
+    else:
+        lines.append("breaker  ok")
+    if state.get("deferred"):
+        lines.append(f"waiting  {state['deferred']}: no restart or nudge until it ends")
+    if state.get("last_event"):
+        lines.append(f"last     {state['last_event'][:150]}")
+    return lines
+
+
+def benchmark_lines() -> list[str]:
+    bench = session.benchmark_state()
+    if not bench["running"]:
+        return ["bench    none running"]
+    info = bench["info"]
+    run_id = info.get("run_id", "?")
+    console = Path(info.get("cwd") or session.REPO_ROOT) / "logs" / f"{run_id}.console.txt"
+    parsed = logparse.parse_file(console) if console.is_file() else logparse.ParsedLog()
+    profile = next((r.get("profile") for r in ledger.runs(ledger.default_path(Path(info.get("cwd") or session.REPO_ROOT)))
+                    if r.get("run_id") == run_id), None) or "?"
+    head = f"bench    run {run_id} profile {profile}, pid {info.get('pid')}, since {info.get('started_at', '?')}"
+    if bench.get("past_deadline"):
+        head += " PAST ITS HARD TIMEOUT"
+    lines = [head]
+    if parsed.train_steps:
+        last = parsed.train_steps[-1]
+        remaining = (last.iterations - last.step) * last.step_avg_ms / 1000
+        cap = float(parsed.config.get("max_wallclock_seconds", "0") or 0)
+        if cap > 0:
+            remaining = min(remaining, max(0.0, cap - last.train_time_ms / 1000))
+        lines.append(f"         step {last.step}/{last.iterations}, {last.tok_s or '?'} tok/s, "
+                     f"{last.step_avg_ms:.0f} ms/step, training ETA {_duration(remaining)} "
+                     f"(then validation and export)")
+    elif not parsed.val_progress:
+        lines.append("         starting (no step yet)")
+    if parsed.val_progress:
+        lines.append(f"         validating: batch {parsed.val_progress[0]}/{parsed.val_progress[1]}")
+    return lines
+
+
+def _bpb(run: dict) -> float | None:
+    value = (run.get("metrics") or {}).get("val_bpb")
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def ledger_lines(last: int) -> list[str]:
+    runs = ledger.runs(ledger.default_path())
+    if not runs:
+        return ["ledger   no runs yet (logs/runs.jsonl)"]
+    best: dict[tuple, tuple[float, str]] = {}
+    for run in runs:
+        value = _bpb(run)
+        checks_failed = (run.get("checks") or {}).get("passed") is False
+        if run.get("status") == "ok" and value is not None and not checks_failed:
+            key = (run.get("profile") or "?", (run.get("dataset") or {}).get("name") or "?")
+            if key not in best or value < best[key][0]:
+                best[key] = (value, run.get("run_id", "?"))
+    lines = [f"ledger   {len(runs)} runs; last {min(last, len(runs))}:"]
+    for run in runs[-last:]:
+        status = run.get("status", "?")
+        checks = run.get("checks")
+        if checks is not None:
+            status += " checks:" + ("ok" if checks.get("passed") else "FAILED")
+        value = _bpb(run)
+        wall = run.get("wall_seconds")
+        lines.append(f"  {str(run.get('run_id', '?'))[:32]:<32} {str(run.get('profile', '-')):<8} "
+                     f"{status:<22} {(f'{value:.4f}' if value is not None else '-'):>8} "
+                     f"{(f'{wall:.0f}s' if isinstance(wall, (int, float)) else '-'):>6}")
+    lines.append("best     " + ("; ".join(f"{p} on {d}: {v:.4f} ({r})" for (p, d), (v, r) in sorted(best.items()))
+                              or "no successful run yet"))
+    return lines
+
+
+def render(last: int = 8) -> str:
+    return "\n".join(agent_lines() + benchmark_lines() + ledger_lines(last))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m autogolf.agent.status", description=__doc__.split("\n\n")[0],
+                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=8, help="how many of the last runs to list (default 8)")
+    args = parser.parse_args(argv)
+    print(render(args.runs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

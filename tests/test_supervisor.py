@@ -1,0 +1,211 @@
+"""The loop's tmux session and its supervisor, with real tmux and real processes. The agent is a
+stand-in command (AUTOGOLF_AGENT_CMD): these tests are about keeping an agent alive, not pi."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from agent_helpers import clean_env, events, kill_tmux_server, loop, status, tmux
+from autoresearch_helpers import make_project, wait_for
+from autogolf.runlock import RunLock, lock_is_free
+
+pytestmark = pytest.mark.skipif(subprocess.run(["which", "tmux"], capture_output=True).returncode != 0,
+                                reason="tmux is not installed (scripts/setup.sh installs it on Debian)")
+
+# Prints its pid, then records every line typed into its pane (the supervisor's nudges).
+STAND_IN = 'echo "agent up $$"; while read -r line; do echo "$line" >> logs/typed.txt; done'
+FAST = {"AUTOGOLF_POLL_SECONDS": "0.3", "AUTOGOLF_BACKOFF_SECONDS": "0.5", "AUTOGOLF_BACKOFF_MAX_SECONDS": "2",
+        "AUTOGOLF_HEALTHY_SECONDS": "1", "AUTOGOLF_NUDGE_SECONDS": "600", "AUTOGOLF_BREAKER_RESTARTS": "20",
+        "AUTOGOLF_BREAKER_WINDOW_SECONDS": "600"}
+
+
+@pytest.fixture
+def project(tmp_path):
+    return make_project(tmp_path / "project")
+
+
+@pytest.fixture
+def env(tmp_path, project):
+    env = clean_env(tmp_path / "home", AUTOGOLF_AGENT_CMD=STAND_IN, **FAST)
+    yield env
+    loop(project, env, "stop", "--no-wait")
+    kill_tmux_server(env)
+
+
+def agent_pids(env: dict) -> list[int]:
+    """Live agent processes: the pane's process of every window named agent."""
+    out = tmux(env, "list-panes", "-a", "-F", "#{window_name} #{pane_dead} #{pane_pid}")
+    return [int(pid) for name, dead, pid in (l.split() for l in out.stdout.splitlines())
+            if name == "agent" and dead == "0"]
+
+
+def one_agent(env: dict, seconds: float = 30) -> int:
+    pids = wait_for(lambda: agent_pids(env) if len(agent_pids(env)) == 1 else None, seconds, "one live agent")
+    return pids[0]
+
+
+def sessions(env: dict) -> list[str]:
+    out = tmux(env, "list-sessions", "-F", "#{session_name}")
+    return out.stdout.split() if out.returncode == 0 else []
+
+
+def test_agent_killed_five_times_is_restarted_each_time(project, env):
+    start = loop(project, env, "start")
+    assert start.returncode == 0, start.stdout + start.stderr
+    assert "running in tmux session" in start.stdout
+    pid = one_agent(env)
+    for n in range(5):
+        time.sleep(1.2)  # up longer than AUTOGOLF_HEALTHY_SECONDS: each failure starts afresh
+        killed_at = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        new = wait_for(lambda: [p for p in agent_pids(env) if p != pid], 15, f"restart {n + 1}")
+        assert time.monotonic() - killed_at < 15
+        pid = new[0]
+    log = events(project)
+    assert sum(" agent_start restart: agent exited" in line for line in log) == 5, log
+    assert "restarts 5" in status(project, env)
+
+
+def test_breaker_trips_and_status_says_why(project, env):
+    env.update(AUTOGOLF_AGENT_CMD="echo crashing; exit 1", AUTOGOLF_BREAKER_RESTARTS="3",
+               AUTOGOLF_HEALTHY_SECONDS="600")
+    assert loop(project, env, "start").returncode == 0
+    wait_for(lambda: any("breaker_tripped" in l for l in events(project)), 60, "the breaker")
+    wait_for(lambda: not sessions(env), 30, "the loop to stop")
+    screen = status(project, env)
+    assert re.search(r"breaker  TRIPPED at \S+: 4 restarts within 600 s \(limit 3\); last: agent exited \(status 1\)",
+                     screen), screen
+    assert "supervisor not running" in screen
+    backoffs = [float(m[1]) for l in events(project) if (m := re.search(r"restart_scheduled .* in_s=([\d.]+)", l))]
+    assert backoffs[:4] == [0.5, 1.0, 2.0, 2.0]  # exponential, capped at AUTOGOLF_BACKOFF_MAX_SECONDS
+    # starting again is a person's decision: it resets the breaker
+    env["AUTOGOLF_AGENT_CMD"] = STAND_IN
+    assert loop(project, env, "start").returncode == 0
+    one_agent(env)
+    assert "breaker  ok" in status(project, env)
+
+
+def test_supervisor_killed_then_started_again_adopts_the_same_agent(project, env):
+    assert loop(project, env, "start").returncode == 0
+    agent = one_agent(env)
+    supervisor = int((project / "logs" / "agent" / "supervisor.lock").read_text().split()[0])
+    os.kill(supervisor, signal.SIGKILL)
+    wait_for(lambda: not psutil.pid_exists(supervisor) or psutil.Process(supervisor).status() == "zombie",
+             10, "the supervisor to die")
+    again = loop(project, env, "start")
+    assert again.returncode == 0, again.stdout
+    new_supervisor = int((project / "logs" / "agent" / "supervisor.lock").read_text().split()[0])
+    assert new_supervisor != supervisor and psutil.pid_exists(new_supervisor)
+    time.sleep(2)
+    assert agent_pids(env) == [agent]  # still exactly the one agent
+    assert sessions(env) == [sessions(env)[0]] and len(sessions(env)) == 1
+
+
+def test_two_starts_at_once_give_one_session(project, env):
+    procs = [subprocess.Popen([sys.executable, "-m", "autogolf.agent.loop", "start"], cwd=project, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=60)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert sum("already running" in o for o in outs) == 1, outs
+    assert len(sessions(env)) == 1
+    one_agent(env)
+    time.sleep(1.5)
+    assert len(agent_pids(env)) == 1
+    supervisors = [p for p in psutil.process_iter(["cmdline"])
+                   if "autogolf.agent.supervisor" in " ".join(p.info["cmdline"] or []) and str(project) in
+                   (p.cwd() if p.is_running() else "")]
+    assert len(supervisors) == 1
+
+
+def test_no_restart_while_a_benchmark_holds_the_run_lock(project, env):
+    assert loop(project, env, "start").returncode == 0
+    agent = one_agent(env)
+    lock = RunLock("bench-under-test", Path(env["AUTOGOLF_LOCK_PATH"]))
+    lock.acquire()
+    lock.set_deadline(time.time() + 600)
+    try:
+        os.kill(agent, signal.SIGKILL)
+        time.sleep(6)  # many backoffs' worth
+        assert agent_pids(env) == []
+        assert "waiting  benchmark bench-under-test holds the run lock" in status(project, env)
+    finally:
+        lock.release()
+    wait_for(lambda: [p for p in agent_pids(env) if p != agent], 15, "the restart once the lock is free")
+
+
+def test_a_benchmark_past_its_hard_timeout_no_longer_protects_the_agent(project, env):
+    assert loop(project, env, "start").returncode == 0
+    agent = one_agent(env)
+    lock = RunLock("stuck-bench", Path(env["AUTOGOLF_LOCK_PATH"]))
+    lock.acquire()
+    lock.set_deadline(time.time() - 1)
+    try:
+        os.kill(agent, signal.SIGKILL)
+        wait_for(lambda: [p for p in agent_pids(env) if p != agent], 15, "the restart")
+        assert any("after a benchmark timeout" in line for line in events(project))
+    finally:
+        lock.release()
+
+
+def test_idle_agent_is_nudged(project, env):
+    env["AUTOGOLF_NUDGE_SECONDS"] = "2"
+    assert loop(project, env, "start").returncode == 0
+    one_agent(env)
+    typed = project / "logs" / "typed.txt"
+    wait_for(lambda: typed.is_file() and "Continue the autoresearch loop" in typed.read_text(), 30, "a nudge")
+    assert any(" nudge no output and no benchmark for" in line for line in events(project))
+
+
+def test_stop_leaves_no_process_no_session_no_lock(project, env):
+    assert loop(project, env, "start").returncode == 0
+    agent = one_agent(env)
+    supervisor = int((project / "logs" / "agent" / "supervisor.lock").read_text().split()[0])
+    out = loop(project, env, "stop")
+    assert out.returncode == 0, out.stdout
+    assert "tmux session" in out.stdout and "is gone" in out.stdout
+    assert sessions(env) == []
+    for pid in (agent, supervisor):
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+    assert lock_is_free(project / "logs" / "agent" / "supervisor.lock")
+    assert lock_is_free(Path(env["AUTOGOLF_LOCK_PATH"]))
+    assert any("session_stop" in line for line in events(project))
+    assert "not running" in status(project, env)
+
+
+def test_stop_lets_a_running_benchmark_finish(project, env, tmp_path):
+    """The benchmark is a real process holding the run lock (until a flag file appears); stop
+    ends the agent, the supervisor and the session, then waits for the benchmark."""
+    flag = tmp_path / "finish-now"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from autogolf.runlock import RunLock\n"
+        "lock = RunLock('long-bench', Path(sys.argv[1])); lock.acquire(); print('held', flush=True)\n"
+        "while not Path(sys.argv[2]).exists(): time.sleep(0.1)\n"
+        "lock.release(); print('done', flush=True)"), env["AUTOGOLF_LOCK_PATH"], str(flag)],
+        cwd=project, env=env, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    assert loop(project, env, "start").returncode == 0
+    one_agent(env)
+    stop = subprocess.Popen([sys.executable, "-m", "autogolf.agent.loop", "stop"], cwd=project, env=env,
+                            stdout=subprocess.PIPE, text=True)
+    lines = []
+    for line in stop.stdout:
+        lines.append(line)
+        if "waiting for it to finish" in line:
+            break
+    assert "benchmark run long-bench is still running: waiting for it to finish" in lines[-1], lines
+    assert sessions(env) == []  # the loop is gone while the benchmark still runs
+    assert holder.poll() is None
+    flag.touch()
+    rest = stop.communicate(timeout=30)[0]
+    assert stop.returncode == 0 and "benchmark run long-bench finished" in rest
+    assert holder.wait(timeout=30) == 0 and holder.stdout.read().strip() == "done"
