@@ -328,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     # In the ledger from the first moment, so even a kill -9 of this process leaves a trace
     # (the next run or `just ledger` records it as lost); earlier lost runs are settled now.
     ledger.reconcile(ledger_path)
-    ledger.append_start(run_id, ledger_path, profile=profile_name, log_path=row["log_path"],
+    ledger.append_start(run_id, ledger_path, profile=profile_name, started_epoch=round(process_start, 3),
+                        log_path=row["log_path"],
                         console_path=row["console_path"])
     status, reason = "harness_error", ""
     result = metrics.MetricsResult()
@@ -454,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     best = _best_before(rows_before, profile_name, fingerprint)
     row.update({
         "record": "run", "status": status, "exit_reason": reason, "ended_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "ended_epoch": round(time.time(), 3),
         "wall_seconds": round(wall, 3), "timing": timing, "metrics": dict(result.metrics),
         "metric_notes": result.notes, "git": ledger.git_info(REPO_ROOT),
         "upstream_commit": _upstream_commit(), "machine": ledger.machine_info(),

@@ -31,7 +31,7 @@ from autogolf import runlock
 from autogolf.agent import launch, session
 
 PASSED_ENV_PREFIXES = ("AUTOGOLF_", "PI_", "PROFILE", "npm_config_")
-PASSED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TERM", "USER") + launch.PROVIDER_KEYS
+PASSED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TERM", "USER", "DATA_PATH", "TOKENIZER_PATH") + launch.PROVIDER_KEYS
 
 
 def say(msg: str) -> None:
