@@ -55,9 +55,9 @@ stop *ARGS:
 
 # one screen: the agent, the benchmark running now, the last runs and the best per profile
 status *ARGS:
-    {{py}} -m autogolf.agent.status {{ARGS}}
+    @{{py}} -m autogolf.agent.status {{ARGS}}
 
-# the test suite (tiny models, real fixtures from ../shared/fixtures)
+# install the agent, then run the test suite (tiny models, real fixtures from ../shared/fixtures)
 test *ARGS:
     bash scripts/run-tests.sh {{ARGS}}
 

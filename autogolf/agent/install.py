@@ -129,8 +129,9 @@ def fetch_package(package: str, version: str, integrity: str, dest: Path) -> Non
             tar.extractall(tmp, members=members)
         shutil.rmtree(dest, ignore_errors=True)
         os.replace(Path(tmp) / "package", dest)
-    say(f"unpacked {package}@{version} ({len(data) / 1e6:.1f} MB) into "
-        f"{dest.relative_to(REPO_ROOT)} in {time.monotonic() - start:.1f} s")
+    shown = dest.relative_to(REPO_ROOT) if dest.is_relative_to(REPO_ROOT) else dest
+    say(f"unpacked {package}@{version} ({len(data) / 1e6:.1f} MB) into {shown} in "
+        f"{time.monotonic() - start:.1f} s")
 
 
 def ensure_node(tools: dict) -> tuple[Path, str]:
