@@ -209,3 +209,22 @@ def test_stop_lets_a_running_benchmark_finish(project, env, tmp_path):
     rest = stop.communicate(timeout=30)[0]
     assert stop.returncode == 0 and "benchmark run long-bench finished" in rest
     assert holder.wait(timeout=30) == 0 and holder.stdout.read().strip() == "done"
+
+
+def test_a_rate_limit_waits_and_never_trips_the_breaker(project, env):
+    """A stand-in that ends its turn the way pi does on a provider rate limit: an assistant
+    message with stopReason "error" in its session file, then silence."""
+    env.update(AUTOGOLF_AGENT_CMD=(
+        "mkdir -p logs/agent/pi-sessions/p && printf '%s\\n' "
+        "'{\"type\":\"message\",\"message\":{\"role\":\"assistant\",\"stopReason\":\"error\","
+        "\"errorMessage\":\"429 Too Many Requests: rate limit reached\"}}' >> logs/agent/pi-sessions/p/s.jsonl; "
+        "echo rate-limited; sleep 600"),
+        AUTOGOLF_ERROR_GRACE_SECONDS="1", AUTOGOLF_RATE_LIMIT_WAIT_SECONDS="2", AUTOGOLF_BREAKER_RESTARTS="1")
+    assert loop(project, env, "start").returncode == 0
+    wait_for(lambda: sum(" agent_start restart: provider rate limit" in l for l in events(project)) >= 3,
+             60, "three rate-limit restarts")
+    log = events(project)
+    waits = [l for l in log if "restart_scheduled provider rate limit: 429 Too Many Requests" in l]
+    assert waits and all("in_s=2.0 counted=False" in l for l in waits), log
+    assert not any("breaker_tripped" in l for l in log)
+    assert "breaker  ok" in status(project, env)

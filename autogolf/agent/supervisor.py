@@ -243,7 +243,9 @@ class Supervisor:
             screen = "\n".join(pane.capture_pane() or [])
         except Exception:
             screen = ""
-        error, mtime = pi_last_error() if not os.environ.get("AUTOGOLF_AGENT_CMD") else (None, 0.0)
+        error, mtime = pi_last_error()
+        if mtime < watch.started:
+            error = None  # a reply from before this agent started is not its error
         fingerprint = hashlib.sha1(f"{screen}\0{mtime}".encode()).hexdigest()
         if fingerprint != watch.last_fingerprint:
             watch.last_fingerprint, watch.last_activity = fingerprint, now
