@@ -450,7 +450,7 @@ class CausalSelfAttention(nn.Module):
     # separate q/k/v projections, RMSNorm on q and k, RoPE on q and k, a learned per-head
     # gain on q, then causal_attention()
     def __init__(self, dim: int, num_heads: int, num_kv_heads: int, rope_base: float, qk_gain_init: float,
-                 block: int):
+                 block: int = 0, cpu_rope: bool = False):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, dim // num_heads
         self.block = block  # how causal_attention computes: 0 fused, > 0 blocked (the CPU)
@@ -460,9 +460,8 @@ class CausalSelfAttention(nn.Module):
         self.c_v = CastedLinear(dim, kv_dim)
         self.proj = CastedLinear(dim, dim)
         self.q_gain = mx.ones((num_heads,), dtype=mx.float32) * qk_gain_init
-        # mx.fast.rope on a GPU, as upstream; on the CPU the same rotation from cached tables
-        on_cpu = mx.default_device().type == mx.DeviceType.cpu
-        self.rope = (CpuRoPE if on_cpu else nn.RoPE)(self.head_dim, traditional=False, base=rope_base)
+        # mx.fast.rope (nn.RoPE) on a GPU, as upstream; on the CPU the same rotation from tables
+        self.rope = (CpuRoPE if cpu_rope else nn.RoPE)(self.head_dim, traditional=False, base=rope_base)
         self.scale = self.head_dim ** -0.5
 
     def __call__(self, x: mx.array) -> mx.array:
@@ -491,9 +490,9 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
     def __init__(self, dim: int, num_heads: int, num_kv_heads: int, mlp_mult: int, rope_base: float,
-                 qk_gain_init: float, block: int):
+                 qk_gain_init: float, block: int = 0, cpu_rope: bool = False):
         super().__init__()
-        self.attn = CausalSelfAttention(dim, num_heads, num_kv_heads, rope_base, qk_gain_init, block)
+        self.attn = CausalSelfAttention(dim, num_heads, num_kv_heads, rope_base, qk_gain_init, block, cpu_rope)
         self.mlp = MLP(dim, mlp_mult)
         self.attn_scale = mx.ones((dim,), dtype=mx.float32)
         self.mlp_scale = mx.ones((dim,), dtype=mx.float32)
@@ -508,7 +507,7 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, args: Hyperparameters, compute_dtype, attn_block: int):
+    def __init__(self, args: Hyperparameters, compute_dtype, attn_block: int = 0, cpu_rope: bool = False):
         super().__init__()
         self.compute_dtype = compute_dtype
         self.logit_softcap, self.logit_chunk_tokens = args.logit_softcap, args.logit_chunk_tokens
@@ -518,7 +517,7 @@ class GPT(nn.Module):
         num_skip_weights = min(self.num_encoder_layers, self.num_decoder_layers)
         self.skip_weights = mx.ones((num_skip_weights, args.model_dim), dtype=mx.float32)
         self.blocks = [Block(args.model_dim, args.num_heads, args.num_kv_heads, args.mlp_mult, args.rope_base,
-                             args.qk_gain_init, attn_block) for _ in range(args.num_layers)]
+                             args.qk_gain_init, attn_block, cpu_rope) for _ in range(args.num_layers)]
         for b in self.blocks:  # each block starts as the identity: zero output projections
             b.attn.proj.weight = mx.zeros_like(b.attn.proj.weight)
             b.mlp.proj.weight = mx.zeros_like(b.mlp.proj.weight)
@@ -793,24 +792,40 @@ def gradient_step(args: Hyperparameters, data: TokenStream, loss_and_grad,
     return total_loss, total_grads
 
 
-def setup_backend(args: Hyperparameters) -> tuple[str, object, int, str, list]:
-    """Backend name, compute dtype, attention block size, the BLAS in use, and the CPU
-    streams to spread work over (none on a GPU)."""
-    device = mx.default_device()
-    if device.type == mx.DeviceType.cpu:
-        backend = "cpu"
-    else:
-        backend = "metal" if mx.metal.is_available() else "cuda"
-    # bf16 matmul on the CPU is ~35x slower than fp32 with a fast BLAS, so the CPU runs fp32
-    dtype = DTYPES[args.compute_dtype or ("float32" if backend == "cpu" else "bfloat16")]
-    block = args.attn_block_size if args.attn_block_size >= 0 else (128 if backend == "cpu" else 0)
-    path = loaded_blas()
+# How each backend computes by default; COMPUTE_DTYPE and ATTN_BLOCK_SIZE override the first
+# two. The CPU runs float32 (bf16 matmul there is ~35x slower than fp32 with a fast BLAS),
+# blocked attention and the CPU machinery; a GPU runs upstream's bf16 and fused kernels.
+BACKEND_DEFAULTS = {  # backend: (compute dtype, attention block size, CPU machinery)
+    "cpu": ("float32", 128, True),
+    "metal": ("bfloat16", 0, False),
+    "cuda": ("bfloat16", 0, False),
+}
+
+
+def detect_backend() -> str:
+    if mx.default_device().type == mx.DeviceType.cpu:
+        return "cpu"
+    return "metal" if mx.metal.is_available() else "cuda"
+
+
+def blas_label(platform: str, path: str | None) -> str:
+    """The BLAS behind MLX's CPU matmuls: a preloaded MKL/OpenBLAS, Apple's Accelerate (what
+    MLX links on macOS), or the reference BLAS of the Linux wheels."""
     if path:
-        blas = f"{'mkl' if 'mkl' in os.path.basename(path) else 'openblas'}({path})"
-    else:
-        blas = "accelerate" if sys.platform == "darwin" else "reference"
-    streams = cpu_streams(args) if backend == "cpu" else []
-    return backend, dtype, block, blas, streams
+        return f"{'mkl' if 'mkl' in os.path.basename(path) else 'openblas'}({path})"
+    return "accelerate" if platform == "darwin" else "reference"
+
+
+def setup_backend(args: Hyperparameters, backend: str = "") -> tuple[str, object, int, bool, str, list]:
+    """Backend name, compute dtype, attention block size, whether the CPU machinery runs, the
+    BLAS in use, and the CPU streams to spread work over (none on a GPU). `backend` forces
+    one row of BACKEND_DEFAULTS (tests run a GPU's choices on the CPU that way)."""
+    backend = backend or detect_backend()
+    dtype_name, block, cpu = BACKEND_DEFAULTS[backend]
+    dtype = DTYPES[args.compute_dtype or dtype_name]
+    block = args.attn_block_size if args.attn_block_size >= 0 else block
+    streams = cpu_streams(args) if cpu else []
+    return backend, dtype, block, cpu, blas_label(sys.platform, loaded_blas()), streams
 
 
 def train(args: Hyperparameters, log: Logger) -> None:
@@ -826,13 +841,13 @@ def train(args: Hyperparameters, log: Logger) -> None:
     dataset_name, num_train_files, expected_train_files = validate_dataset_tokenizer_pair(args)
     val_tokens, full_val_tokens = load_validation_tokens(args)
     luts = build_sentencepiece_luts(sp, args.vocab_size)
-    backend, dtype, attn_block, blas, streams = setup_backend(args)
+    backend, dtype, attn_block, cpu, blas, streams = setup_backend(args)
 
     print(log.path)
     mx.random.seed(args.seed)
     np.random.seed(args.seed)
     data = TokenStream(train_files, args.vocab_size, log, dataset_name)
-    model = GPT(args, dtype, attn_block)
+    model = GPT(args, dtype, attn_block, cpu_rope=cpu)
     opt = SplitOptimizers(model, args, streams)
     # The model is captured as compile input and output state: the compiled graphs read the
     # current weights on every call, including after the optimizer and the export reload.
