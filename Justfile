@@ -37,7 +37,7 @@ confirm:
 full:
     PROFILE=full bash autoresearch.sh
 
-# the test suite (tiny models, real fixtures from ../shared/fixtures)
+# the test suite (tiny models; the real fixtures in ../shared/fixtures when present, else stand-ins)
 test *ARGS:
     bash scripts/run-tests.sh {{ARGS}}
 
