@@ -57,7 +57,7 @@ stop *ARGS:
 status *ARGS:
     @{{py}} -m autogolf.agent.status {{ARGS}}
 
-# install the agent, then run the test suite (tiny models, real fixtures from ../shared/fixtures)
+# install the agent, then run the test suite (tiny models; the real fixtures in ../shared/fixtures when present, else stand-ins)
 test *ARGS:
     bash scripts/run-tests.sh {{ARGS}}
 

@@ -106,8 +106,9 @@ def expected_model_params(c: Config) -> int:
 
 def resolve_data(args) -> tuple[Path | None, Path]:
     """(dataset dir or None for random tokens, tokenizer path)."""
-    data_path = Path(args.data_path) if args.data_path else None
-    tokenizer = Path(args.tokenizer_path) if args.tokenizer_path else None
+    data_path = Path(args.data_path).resolve() if args.data_path else None
+    # absolute: the trainers run in a temporary working directory
+    tokenizer = Path(args.tokenizer_path).resolve() if args.tokenizer_path else None
     if data_path is None and not args.random_data:
         try:
             from autogolf.cache import CacheError, resolve_dataset

@@ -1,24 +1,13 @@
 #!/usr/bin/env bash
-# One idempotent set-up: tmux, uv (or a plain venv), the locked Python environment with
-# the right MLX backend, and an optimized BLAS on Linux CPU, checked by a measured matmul.
+# One idempotent set-up: uv (or a plain venv), the locked Python environment with the right
+# MLX backend, and an optimized BLAS on Linux CPU, checked by a measured matmul. It runs
+# under macOS's /bin/bash 3.2 (tests/test_shell_scripts.py lints for that).
 #   AUTOGOLF_BACKEND=cpu|cuda|metal   override the detected backend
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 say() { printf 'setup: %s\n' "$*"; }
 os=$(uname -s)
-
-# --- tmux: the agent runs in a detached tmux session -------------------------------------
-if ! command -v tmux >/dev/null 2>&1; then
-  if [ "$os" = Linux ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    say "installing tmux with apt-get"
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux) >/dev/null
-  elif [ "$os" = Darwin ]; then
-    say "tmux is missing: install it with 'brew install tmux', then re-run"; exit 1
-  else
-    say "tmux is missing: install it with your package manager (e.g. 'sudo apt-get install tmux'), then re-run"; exit 1
-  fi
-fi
 
 # --- backend: Metal on macOS, CUDA when an NVIDIA driver is present, else CPU ------------
 backend=${AUTOGOLF_BACKEND:-}
@@ -28,9 +17,7 @@ if [ -z "$backend" ]; then
   else backend=cpu; fi
 fi
 case "$backend" in
-  metal) extra=() ;;
-  cpu) extra=(--extra cpu) ;;
-  cuda) extra=(--extra cuda) ;;
+  metal|cpu|cuda) ;;
   *) say "AUTOGOLF_BACKEND must be cpu, cuda or metal (got '$backend')"; exit 1 ;;
 esac
 say "backend: $backend"
@@ -42,8 +29,10 @@ if ! command -v uv >/dev/null 2>&1; then
   python3 -m pip install --user --quiet uv >/dev/null 2>&1 || true
 fi
 if command -v uv >/dev/null 2>&1; then
-  # --frozen: install exactly the committed uv.lock, never re-resolve.
-  uv sync --frozen --quiet "${extra[@]}"
+  # --frozen: install exactly the committed uv.lock, never re-resolve. Metal is the default
+  # mlx wheel; cpu and cuda are extras. (No array: bash 3.2 calls "${a[@]}" of an empty
+  # array unbound under set -u.)
+  if [ "$backend" = metal ]; then uv sync --frozen --quiet; else uv sync --frozen --quiet --extra "$backend"; fi
 else
   say "uv unavailable; falling back to python3 -m venv + pip (unlocked versions)"
   [ -x .venv/bin/python ] || python3 -m venv .venv
@@ -64,3 +53,4 @@ if [ "$backend" = cpu ] && [ "$os" = Linux ]; then
   .venv/bin/python -m autogolf.blas || say "continuing without an optimized BLAS (see the warning above)"
 fi
 say "ready: .venv ($(.venv/bin/python -c 'import mlx.core as mx; print("mlx", mx.__version__)'))"
+command -v tmux >/dev/null 2>&1 || say "note: tmux is not installed; only the agent-loop recipes that run in tmux need it"

@@ -1,7 +1,8 @@
 """Helpers for the benchmark-harness tests: a tiny real dataset and a throw-away project copy.
 
-The dataset is built the way the real cache is: the real sp1024 tokenizer, real FineWeb
-documents, BOS before each document, upstream's shard format, our manifest. The project
+The dataset is built the way the real cache is: a 1024-piece tokenizer, 200 documents (the
+real ones from ../shared/fixtures when present, else the project's stand-ins; see
+conftest.corpus), BOS before each document, upstream's shard format, our manifest. The project
 copy is a real git repository holding the harness files as they are in this checkout, with
 this checkout's .venv linked in, so `bash autoresearch.sh` runs there for real and writes
 its logs, ledger and protected-file manifest there, never here.
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import REAL_DOCS, REAL_TOKENIZER, REPO
+from conftest import REPO, Corpus
 
 PROJECT_FILES = ("autoresearch.sh", "autoresearch.checks.sh", "autoresearch.md", "autoresearch.ideas.md",
                  "README.md", "Justfile", ".gitignore", "pyproject.toml", "autogolf", "scripts",
@@ -28,19 +29,19 @@ METRIC_RE = re.compile(r"^METRIC\s+([\w.µ]+)=(\S+)\s*$")
 VAL_DOCS = 12
 
 
-def make_tiny_dataset(root: Path) -> tuple[Path, Path]:
+def make_tiny_dataset(root: Path, corpus: Corpus) -> tuple[Path, Path]:
     """root/datasets/tiny_sp1024 (val: first VAL_DOCS docs; train: the rest in 2 shards)
-    and root/tokenizers/fineweb_1024_bpe.model. Returns (dataset_dir, tokenizer_path)."""
+    and root/tokenizers/tiny_1024_bpe.model. Returns (dataset_dir, tokenizer_path)."""
     import sentencepiece as spm
 
     from autogolf.cache import write_manifest
     from autogolf.shards import write_shard
 
-    tokenizer = root / "tokenizers" / REAL_TOKENIZER.name
+    tokenizer = root / "tokenizers" / "tiny_1024_bpe.model"
     tokenizer.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(REAL_TOKENIZER, tokenizer)
+    shutil.copyfile(corpus.tokenizer, tokenizer)
     sp = spm.SentencePieceProcessor(model_file=str(tokenizer))
-    docs = [json.loads(line)["text"] for line in REAL_DOCS.read_text(encoding="utf-8").splitlines()]
+    docs = corpus.texts()
     encoded = [[sp.bos_id()] + sp.encode(d.replace("\0", " ").strip()) for d in docs]
     dataset = root / "datasets" / "tiny_sp1024"
     val = np.concatenate([np.array(e, dtype=np.uint16) for e in encoded[:VAL_DOCS]])
@@ -50,7 +51,8 @@ def make_tiny_dataset(root: Path) -> tuple[Path, Path]:
     for i, part in enumerate((train_docs[:half], train_docs[half:])):
         write_shard(dataset / f"fineweb_train_{i:06d}.bin",
                     np.concatenate([np.array(e, dtype=np.uint16) for e in part]))
-    write_manifest(dataset, tokenizer, source="tests: 200 real FineWeb docs (fixtures)", is_fineweb=False)
+    source = "tests: 200 real FineWeb docs (fixtures)" if corpus.real else "tests: 200 stand-in docs"
+    write_manifest(dataset, tokenizer, source=source, is_fineweb=False)
     return dataset, tokenizer
 
 

@@ -1,8 +1,17 @@
-"""Shared test fixtures. Real data comes from ../shared/fixtures (never copied here)."""
+"""Shared test fixtures.
+
+Real material (the challenge's sp1024 tokenizer, 200 FineWeb documents, two upstream logs)
+comes from ../shared/fixtures, beside our own checkouts and in CI; it is never copied here.
+A user's fresh clone has no ../shared. There the tests that only need *a* tokenizer and *a*
+corpus run on stand-ins the project makes itself (`corpus` below); only the tests that need
+the real FineWeb material skip, and the summary line says so.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -12,14 +21,71 @@ FIXTURES = Path(os.environ.get("AUTOGOLF_FIXTURES", REPO.parent / "shared" / "fi
 REAL_TOKENIZER = FIXTURES / "tokenizer" / "fineweb_1024_bpe.model"
 REAL_DOCS = FIXTURES / "fineweb_docs_200.jsonl"
 REAL_LOGS = FIXTURES / "logs"
+NEEDS_FINEWEB = "needs the real fixtures (FineWeb, upstream's logs) from ../shared/fixtures or AUTOGOLF_FIXTURES"
+STANDIN_DOCS = 200  # as many documents as the real sample...
+STANDIN_PARTS = 4  # ...each joined from 4 generated ones: about as many tokens (~600k) too
+
+
+def have_fixtures() -> bool:
+    return REAL_TOKENIZER.is_file() and REAL_DOCS.is_file()
 
 
 def require_fixtures() -> None:
-    if not REAL_TOKENIZER.is_file() or not REAL_DOCS.is_file():
-        pytest.skip(f"real fixtures not found at {FIXTURES} (set AUTOGOLF_FIXTURES)")
+    """Skip a test that needs the real FineWeb material itself, not just some corpus."""
+    if not have_fixtures():
+        pytest.skip(f"{NEEDS_FINEWEB}: not found at {FIXTURES}")
 
 
-@pytest.fixture
-def fixtures_dir() -> Path:
-    require_fixtures()
-    return FIXTURES
+def require_real_logs(*logs: Path) -> None:
+    """Skip a test that reads upstream's real logs."""
+    missing = [p.name for p in logs if not p.is_file()]
+    if missing:
+        pytest.skip(f"{NEEDS_FINEWEB}: {', '.join(missing)} not found in {REAL_LOGS}")
+
+
+@dataclass(frozen=True)
+class Corpus:
+    tokenizer: Path  # a 1024-piece SentencePiece model (pad 0, bos 1, eos 2, unk 3)
+    docs: Path  # one {"text": ...} per line
+    real: bool  # True: FineWeb and the challenge's tokenizer; False: the project's stand-ins
+
+    def texts(self) -> list[str]:
+        return [json.loads(line)["text"] for line in self.docs.read_text(encoding="utf-8").splitlines()
+                if line.strip()]
+
+
+def make_standin_corpus(root: Path) -> Corpus:
+    """STANDIN_DOCS documents of the offline default corpus and a 1024-piece tokenizer
+    trained on them with upstream's options: what a clone makes without any download
+    (about a second)."""
+    from autogolf.corpus import clean_text, train_tokenizer
+    from autogolf.synth import generate_documents
+
+    parts = list(generate_documents(0, STANDIN_DOCS * STANDIN_PARTS))
+    docs = ["\n".join(parts[i:i + STANDIN_PARTS]) for i in range(0, len(parts), STANDIN_PARTS)]
+    root.mkdir(parents=True, exist_ok=True)
+    docs_path = root / "synth_docs_200.jsonl"
+    docs_path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
+    tokenizer = train_tokenizer((clean_text(d) for d in docs), root / "tokenizer" / "synth_1024_bpe.model")
+    return Corpus(tokenizer, docs_path, real=False)
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Corpus:
+    """The real tokenizer and documents when ../shared/fixtures is there, else the stand-ins."""
+    if have_fixtures():
+        return Corpus(REAL_TOKENIZER, REAL_DOCS, real=True)
+    return make_standin_corpus(tmp_path_factory.mktemp("standin_corpus"))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Say, in one line, how many tests skipped for want of the real fixtures."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    fineweb = sum(1 for r in skipped if NEEDS_FINEWEB in str(r.longrepr))
+    if not have_fixtures():
+        terminalreporter.write_line(
+            f"autogolf: no real fixtures at {FIXTURES}: {fineweb} test(s) that need the real material "
+            f"(FineWeb, upstream's logs) skipped; the others ran on the project's own stand-in corpus "
+            f"and tokenizer")
+    elif fineweb:
+        terminalreporter.write_line(f"autogolf: {fineweb} test(s) skipped for want of real fixtures")

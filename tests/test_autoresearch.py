@@ -19,8 +19,9 @@ import pytest
 
 from autoresearch_helpers import (METRIC_RE, bench_env, git, ledger_rows, make_project,
                                   make_tiny_dataset, metric_lines, run_bench, wait_for)
+from backends import this_backend
 from autogolf.runlock import RunLock, lock_is_free
-from conftest import REPO, require_fixtures
+from conftest import REPO
 
 REQUIRED_METRICS = {"val_bpb", "total_bytes", "artifact_headroom_bytes", "artifact_cap_used_pct",
                     "step_ms", "eval_ms", "pre_quant_val_bpb", "delta_bpb_roundtrip",
@@ -30,11 +31,10 @@ TRAINER_NAME = "train_gpt_mlx.py"
 
 
 @pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory):
-    require_fixtures()
+def tiny_data(tmp_path_factory, corpus):
     if not (REPO / "benchmark" / TRAINER_NAME).is_file():
         pytest.skip("benchmark/train_gpt_mlx.py is not there yet")
-    return make_tiny_dataset(tmp_path_factory.mktemp("data"))
+    return make_tiny_dataset(tmp_path_factory.mktemp("data"), corpus)
 
 
 @pytest.fixture
@@ -142,7 +142,7 @@ def test_smoke_run(project, env, tmp_path):
     assert row["git"]["commit"] == git(project, "rev-parse", "HEAD").strip()
     assert row["git"]["dirty"] is False  # logs/ is git-ignored
     assert row["dataset"]["is_fineweb"] is False and len(row["dataset"]["fingerprint"]) == 64
-    assert row["machine"]["cpu_count"] >= 1 and row["backend"].startswith("cpu")
+    assert row["machine"]["cpu_count"] >= 1 and row["backend"].startswith(this_backend())
     assert row["upstream_commit"] == "4908dc46f21ed3fdd08d2fdca285deb2194b9599"
     assert float(found["val_bpb"]) == row["metrics"]["val_bpb"]
     # the same numbers as the standalone extractor gives for the same log

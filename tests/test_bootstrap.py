@@ -23,7 +23,7 @@ import pytest
 
 from autogolf import cache
 from autogolf.shards import list_shards, validate_shard
-from conftest import REAL_DOCS, REAL_TOKENIZER, REPO, require_fixtures
+from conftest import REPO
 from standins import DATASET, REMOTE_ROOT, REPO_ID, FakeHub, make_hub_files, make_upstream_repo, shard_bytes
 
 MIRROR = Path(os.environ.get("AUTOGOLF_UPSTREAM_MIRROR", "/work/.mirror/openai+parameter-golf/repo"))
@@ -33,9 +33,8 @@ FALLBACK = "building the offline default dataset autogolf_synth_sp1024 (not Fine
 
 
 @pytest.fixture(scope="module")
-def hub_files() -> dict[str, bytes]:
-    require_fixtures()
-    return make_hub_files(REAL_TOKENIZER, REAL_DOCS, train_shards=3)
+def hub_files(corpus) -> dict[str, bytes]:
+    return make_hub_files(corpus.tokenizer, corpus.docs, train_shards=3)
 
 
 @pytest.fixture

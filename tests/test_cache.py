@@ -1,4 +1,5 @@
-"""The manifest, verify_cache and resolve_dataset, on a real cache of real FineWeb docs."""
+"""The manifest, verify_cache and resolve_dataset, on a real cache of 200 documents (real
+FineWeb and the real tokenizer when ../shared/fixtures is there, else the project's stand-ins)."""
 
 from __future__ import annotations
 
@@ -14,16 +15,17 @@ from autogolf.cache import (FINEWEB_DATASET, MANIFEST_NAME, SYNTH_DATASET, Cache
                             read_manifest, resolve_dataset, verify_cache, write_manifest)
 from autogolf.corpus import build_cache, iter_documents
 from autogolf.shards import HEADER_BYTES, list_shards, read_tokens, write_shard
-from conftest import REAL_DOCS, REAL_TOKENIZER, REPO, require_fixtures
+from conftest import REPO
+
+SHARD_TOKENS = 150_000
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """One real cache (200 FineWeb docs, real tokenizer, several train shards) per module."""
-    require_fixtures()
+def built(tmp_path_factory, corpus):
+    """One real cache (200 documents, a 1024-piece tokenizer, several train shards) per module."""
     data_root = tmp_path_factory.mktemp("cache") / "data"
-    build_cache(lambda: iter_documents(REAL_DOCS), name="fw", data_root=data_root, source="test",
-                tokenizer=REAL_TOKENIZER, val_docs=20, shard_tokens=150_000)
+    build_cache(lambda: iter_documents(corpus.docs), name="fw", data_root=data_root, source="test",
+                tokenizer=corpus.tokenizer, val_docs=20, shard_tokens=SHARD_TOKENS)
     return data_root
 
 
@@ -39,13 +41,13 @@ def _dataset(data_root, name="fw"):
     return data_root / "datasets" / name
 
 
-def test_manifest_records_everything(data_root):
+def test_manifest_records_everything(data_root, corpus):
     dataset = _dataset(data_root)
     manifest = read_manifest(dataset)
     assert manifest["dataset"] == "fw" and manifest["source"] == "test" and manifest["is_fineweb"] is False
     assert manifest["vocab_size"] == 1024 and manifest["bos_id"] == 1
-    assert manifest["tokenizer_sha256"] == file_sha256(REAL_TOKENIZER)
-    assert manifest["tokenizer_name"] == "fineweb_1024_bpe.model"
+    assert manifest["tokenizer_sha256"] == file_sha256(corpus.tokenizer)
+    assert manifest["tokenizer_name"] == corpus.tokenizer.name
     shards = list_shards(dataset, "train") + list_shards(dataset, "val")
     assert sorted(manifest["shards"]) == sorted(p.name for p in shards)
     for p in shards:
@@ -55,15 +57,16 @@ def test_manifest_records_everything(data_root):
         assert manifest["splits"][split] == {
             "shards": len(list_shards(dataset, split)),
             "tokens": sum(len(read_tokens(p)) for p in list_shards(dataset, split))}
-    assert manifest["splits"]["train"]["shards"] == 4
+    train_tokens = manifest["splits"]["train"]["tokens"]
+    assert manifest["splits"]["train"]["shards"] == -(-train_tokens // SHARD_TOKENS) >= 3
     report = verify_cache(dataset)
     assert report["fingerprint"] == manifest["fingerprint"] and report["splits"] == manifest["splits"]
     # Rewriting the manifest from the same bytes gives the same fingerprint.
-    again = write_manifest(dataset, REAL_TOKENIZER, source="test", is_fineweb=False, extra={"note": 1})
+    again = write_manifest(dataset, corpus.tokenizer, source="test", is_fineweb=False, extra={"note": 1})
     assert again["fingerprint"] == manifest["fingerprint"] and again["note"] == 1
     assert not list(dataset.glob(".*.partial"))
     with pytest.raises(ValueError, match="may not set the manifest's own keys"):
-        write_manifest(dataset, REAL_TOKENIZER, source="x", is_fineweb=False, extra={"fingerprint": "0"})
+        write_manifest(dataset, corpus.tokenizer, source="x", is_fineweb=False, extra={"fingerprint": "0"})
 
 
 def test_modified_shard_is_caught_by_deep_verify(data_root):
@@ -91,7 +94,8 @@ def test_resized_shard_is_caught_by_fast_verify(data_root):
 
 def test_missing_and_added_shards_are_caught(data_root):
     dataset = _dataset(data_root)
-    extra = dataset / "fineweb_train_000004.bin"
+    n = len(list_shards(dataset, "train"))
+    extra = dataset / f"fineweb_train_{n:06d}.bin"
     write_shard(extra, read_tokens(list_shards(dataset, "train")[0]))
     with pytest.raises(CacheError, match="shard not listed in") as err:
         verify_cache(dataset, deep=False)
@@ -103,8 +107,8 @@ def test_missing_and_added_shards_are_caught(data_root):
         verify_cache(dataset, deep=False)
     assert str(gone) in str(err.value)
     # write_manifest refuses a cache with a gap in the numbering.
-    with pytest.raises(CacheError, match="train shards are not numbered 0..2"):
-        write_manifest(dataset, REAL_TOKENIZER, source="test", is_fineweb=False)
+    with pytest.raises(CacheError, match=f"train shards are not numbered 0..{n - 2}"):
+        write_manifest(dataset, _tokenizer(data_root), source="test", is_fineweb=False)
 
 
 def test_edited_manifest_and_missing_pieces(data_root):
@@ -129,7 +133,13 @@ def test_edited_manifest_and_missing_pieces(data_root):
 def _copy_as(data_root, name):
     copy = _dataset(data_root, name)
     shutil.copytree(_dataset(data_root), copy)
-    write_manifest(copy, data_root / "tokenizers" / "fineweb_1024_bpe.model", source="test", is_fineweb=False)
+    write_manifest(copy, _tokenizer(data_root), source="test", is_fineweb=False)
+
+
+def _tokenizer(data_root):
+    """The one tokenizer build_cache placed in data_root/tokenizers."""
+    (model,) = (data_root / "tokenizers").glob("*.model")
+    return model
 
 
 def test_renamed_dataset_folder_is_caught(data_root):
@@ -147,7 +157,7 @@ def test_resolve_dataset_order(data_root, monkeypatch):
     _copy_as(data_root, SYNTH_DATASET)
     dataset, tokenizer, manifest = resolve_dataset(data_root)
     assert dataset == _dataset(data_root, SYNTH_DATASET)
-    assert tokenizer == (data_root / "tokenizers" / "fineweb_1024_bpe.model").resolve()
+    assert tokenizer == _tokenizer(data_root).resolve()
     assert manifest["dataset"] == SYNTH_DATASET and manifest["vocab_size"] == 1024
     # A FineWeb folder without a manifest (an unfinished download) is passed over...
     (data_root / "datasets" / FINEWEB_DATASET).mkdir()
@@ -172,9 +182,10 @@ def test_tokenizer_found_after_the_repo_moves(data_root):
     dataset = _dataset(data_root)
     tokenizers = data_root / "tokenizers"
     manifest = json.loads((dataset / MANIFEST_NAME).read_text())
-    manifest["tokenizer_path"] = "/moved/away/fineweb_1024_bpe.model"
+    name = _tokenizer(data_root).name
+    manifest["tokenizer_path"] = f"/moved/away/{name}"
     (dataset / MANIFEST_NAME).write_text(json.dumps(manifest))
-    assert verify_cache(dataset)["tokenizer_path"] == str(tokenizers.resolve() / "fineweb_1024_bpe.model")
+    assert verify_cache(dataset)["tokenizer_path"] == str(tokenizers.resolve() / name)
 
 
 def _cli(*args, env=None):
@@ -214,7 +225,7 @@ def test_cli_adopts_existing_shards_with_a_manifest(data_root):
     dataset = _dataset(data_root)
     fingerprint = read_manifest(dataset)["fingerprint"]
     (dataset / MANIFEST_NAME).unlink()
-    tokenizer = data_root / "tokenizers" / "fineweb_1024_bpe.model"
+    tokenizer = _tokenizer(data_root)
     done = _cli("manifest", str(dataset), "--tokenizer", str(tokenizer), "--source", "hf:test", "--fineweb")
     assert done.returncode == 0, done.stderr
     assert f"fingerprint {fingerprint}" in done.stdout

@@ -12,19 +12,18 @@ import pytest
 
 from autoresearch_helpers import bench_env, make_project, make_tiny_dataset, run_bench
 from autogolf import checks, ledger
-from conftest import REPO, require_fixtures
+from conftest import REPO
 
 
 @pytest.fixture(scope="module")
-def base_project(tmp_path_factory):
+def base_project(tmp_path_factory, corpus):
     """A project whose data cache and upstream checkout live inside it (as `just bootstrap`
     makes them), after one successful smoke run."""
-    require_fixtures()
     if not (REPO / "benchmark" / "train_gpt_mlx.py").is_file():
         pytest.skip("benchmark/train_gpt_mlx.py is not there yet")
     root = tmp_path_factory.mktemp("checks")
     project = make_project(root / "project")
-    dataset, tokenizer = make_tiny_dataset(project / "data")
+    dataset, tokenizer = make_tiny_dataset(project / "data", corpus)
     upstream = project / ".upstream" / "parameter-golf"
     upstream.mkdir(parents=True)
     (upstream / "train_gpt_mlx.py").write_text("# upstream's trainer stands here\n")
@@ -68,7 +67,7 @@ def test_clean_run_passes(project):
     assert {"autoresearch.sh", "autoresearch.checks.sh", "README.md", "Justfile",
             "autogolf/profiles.toml", "scripts/extract_parameter_golf_metrics.py",
             "data/datasets/tiny_sp1024/fineweb_val_000000.bin",
-            "data/tokenizers/fineweb_1024_bpe.model",
+            "data/tokenizers/tiny_1024_bpe.model",
             ".upstream/parameter-golf/train_gpt_mlx.py"} <= names
     assert not any("fineweb_train_" in n for n in names)  # training data is not evaluation data
 
@@ -127,7 +126,7 @@ def test_trainer_too_long(project):
 
 PROTECTED_EDITS = {
     "val_shard": ("data/datasets/tiny_sp1024/fineweb_val_000000.bin", "flip"),
-    "tokenizer": ("data/tokenizers/fineweb_1024_bpe.model", "append"),
+    "tokenizer": ("data/tokenizers/tiny_1024_bpe.model", "append"),
     "dataset_manifest": ("data/datasets/tiny_sp1024/autogolf_manifest.json", "append"),
     "upstream": (".upstream/parameter-golf/train_gpt_mlx.py", "append"),
     "autoresearch_sh": ("autoresearch.sh", "append"),

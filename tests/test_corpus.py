@@ -1,4 +1,5 @@
-"""Importing a local corpus: real FineWeb docs, the real tokenizer, every input format."""
+"""Importing a local corpus of 200 documents (real FineWeb and the real tokenizer when
+../shared/fixtures is there, else the project's stand-ins), in every input format."""
 
 from __future__ import annotations
 
@@ -15,22 +16,21 @@ import sentencepiece as spm
 from autogolf.cache import CacheError, read_manifest, verify_cache
 from autogolf.corpus import build_cache, iter_documents, train_tokenizer
 from autogolf.shards import list_shards, read_tokens
-from conftest import REAL_DOCS, REAL_TOKENIZER, REPO, require_fixtures
+from conftest import REPO
 
 VAL_DOCS = 20
-SHARD_TOKENS = 60_000  # the 200 docs are ~586k tokens: about ten shards
+SHARD_TOKENS = 60_000  # the 200 docs are ~600k tokens: about ten shards
 
 
 @pytest.fixture(scope="module")
-def docs() -> list[str]:
-    require_fixtures()
-    return [json.loads(line)["text"] for line in REAL_DOCS.read_text(encoding="utf-8").splitlines()]
+def docs(corpus) -> list[str]:
+    return [json.loads(line)["text"] for line in corpus.docs.read_text(encoding="utf-8").splitlines()]
 
 
 @pytest.fixture(scope="module")
-def expected(docs) -> dict[str, np.ndarray]:
+def expected(docs, corpus) -> dict[str, np.ndarray]:
     """What the shards must hold: per split, BOS + SentencePiece's ids for each document."""
-    sp = spm.SentencePieceProcessor(model_file=str(REAL_TOKENIZER))
+    sp = spm.SentencePieceProcessor(model_file=str(corpus.tokenizer))
     ids = [[1] + sp.encode(d.replace("\x00", " ").strip(), out_type=int) for d in docs]
     return {"val": np.concatenate(ids[:VAL_DOCS]).astype(np.uint16),
             "train": np.concatenate(ids[VAL_DOCS:]).astype(np.uint16)}
@@ -45,10 +45,10 @@ def _split_tokens(dataset_dir, split):
     return np.concatenate([read_tokens(p) for p in list_shards(dataset_dir, split)])
 
 
-def test_jsonl_import_matches_sentencepiece_exactly(tmp_path, expected):
+def test_jsonl_import_matches_sentencepiece_exactly(tmp_path, expected, corpus):
     data_root = tmp_path / "data"
-    done = _run_cli(str(REAL_DOCS), "--name", "fw200", "--data-root", str(data_root),
-                    "--tokenizer", str(REAL_TOKENIZER), "--val-docs", str(VAL_DOCS),
+    done = _run_cli(str(corpus.docs), "--name", "fw200", "--data-root", str(data_root),
+                    "--tokenizer", str(corpus.tokenizer), "--val-docs", str(VAL_DOCS),
                     "--shard-tokens", str(SHARD_TOKENS))
     assert done.returncode == 0, done.stderr
     dataset = data_root / "datasets" / "fw200"
@@ -62,29 +62,29 @@ def test_jsonl_import_matches_sentencepiece_exactly(tmp_path, expected):
     assert read_tokens(train_shards[0])[0] == 1  # the train split starts a fresh shard
     # The tokenizer was copied in, and the manifest says what this is.
     manifest = read_manifest(dataset)
-    assert (data_root / "tokenizers" / "fineweb_1024_bpe.model").read_bytes() == REAL_TOKENIZER.read_bytes()
+    assert (data_root / "tokenizers" / corpus.tokenizer.name).read_bytes() == corpus.tokenizer.read_bytes()
     assert manifest["is_fineweb"] is False
-    assert manifest["source"] == f"imported:{REAL_DOCS.resolve()}"
+    assert manifest["source"] == f"imported:{corpus.docs.resolve()}"
     assert manifest["val_docs"] == VAL_DOCS and manifest["train_docs"] == 200 - VAL_DOCS
     assert manifest["splits"]["val"]["tokens"] == expected["val"].size
     assert "fw200: done 200 docs" in done.stderr  # progress line
     verify_cache(dataset)
 
     # An existing dataset is not overwritten without --force.
-    again = _run_cli(str(REAL_DOCS), "--name", "fw200", "--data-root", str(data_root),
-                     "--tokenizer", str(REAL_TOKENIZER))
+    again = _run_cli(str(corpus.docs), "--name", "fw200", "--data-root", str(data_root),
+                     "--tokenizer", str(corpus.tokenizer))
     assert again.returncode == 1 and "already exists; pass --force" in again.stderr
 
 
-def _import(src, data_root, name, **kw):
+def _import(src, data_root, name, tokenizer, **kw):
     return build_cache(lambda: iter_documents(src), name=name, data_root=data_root,
-                       source=f"imported:{src}", tokenizer=REAL_TOKENIZER, val_docs=VAL_DOCS,
+                       source=f"imported:{src}", tokenizer=tokenizer, val_docs=VAL_DOCS,
                        shard_tokens=SHARD_TOKENS, **kw)
 
 
-def test_parquet_and_txt_inputs_give_the_same_cache(tmp_path, docs):
+def test_parquet_and_txt_inputs_give_the_same_cache(tmp_path, docs, corpus):
     data_root = tmp_path / "data"
-    reference = _import(REAL_DOCS, data_root, "from_jsonl")
+    reference = _import(corpus.docs, data_root, "from_jsonl", corpus.tokenizer)
 
     parquet_dir = tmp_path / "parquet"
     parquet_dir.mkdir()
@@ -93,13 +93,13 @@ def test_parquet_and_txt_inputs_give_the_same_cache(tmp_path, docs):
                    parquet_dir / "part-000.parquet", row_group_size=16)
     pq.write_table(pa.table({"id": list(range(120, 200)), "text": docs[120:]}),
                    parquet_dir / "part-001.parquet", row_group_size=16)
-    from_parquet = _import(parquet_dir, data_root, "from_parquet")
+    from_parquet = _import(parquet_dir, data_root, "from_parquet", corpus.tokenizer)
 
     txt_dir = tmp_path / "txt"
     txt_dir.mkdir()
     for i, doc in enumerate(docs):
         (txt_dir / f"doc_{i:04d}.txt").write_text(doc, encoding="utf-8", newline="")
-    from_txt = _import(txt_dir, data_root, "from_txt")
+    from_txt = _import(txt_dir, data_root, "from_txt", corpus.tokenizer)
 
     assert from_parquet["fingerprint"] == reference["fingerprint"]
     assert from_txt["fingerprint"] == reference["fingerprint"]
@@ -113,16 +113,15 @@ def test_cleaning_replaces_nul_and_skips_empty_documents(tmp_path):
     assert list(iter_documents(src)) == ["first doc", "second"]
 
 
-def test_bad_inputs_give_clear_errors(tmp_path):
-    require_fixtures()
-    missing = _run_cli(str(REAL_DOCS), "--name", "x", "--data-root", str(tmp_path),
+def test_bad_inputs_give_clear_errors(tmp_path, corpus):
+    missing = _run_cli(str(corpus.docs), "--name", "x", "--data-root", str(tmp_path),
                        "--tokenizer", str(tmp_path / "nope.model"))
     assert missing.returncode == 1
     assert f"{tmp_path / 'nope.model'}: tokenizer file does not exist" in missing.stderr
 
     no_text = tmp_path / "no_text.jsonl"
     no_text.write_text('{"body": "hello"}\n{"body": "again"}\n', encoding="utf-8")
-    bad = _run_cli(str(no_text), "--name", "x", "--data-root", str(tmp_path), "--tokenizer", str(REAL_TOKENIZER))
+    bad = _run_cli(str(no_text), "--name", "x", "--data-root", str(tmp_path), "--tokenizer", str(corpus.tokenizer))
     assert bad.returncode == 1 and f'{no_text}:1: no string "text" field' in bad.stderr
 
     no_column = tmp_path / "no_column.parquet"
@@ -136,9 +135,9 @@ def test_bad_inputs_give_clear_errors(tmp_path):
         list(iter_documents(csv))
 
 
-def test_tokenizer_vocab_mismatch_is_caught(tmp_path, docs):
+def test_tokenizer_vocab_mismatch_is_caught(tmp_path, docs, corpus):
     data_root = tmp_path / "data"
-    manifest = _import(REAL_DOCS, data_root, "fw")
+    manifest = _import(corpus.docs, data_root, "fw", corpus.tokenizer)
     dataset = data_root / "datasets" / "fw"
     small = train_tokenizer([d.strip() for d in docs], tmp_path / "small_512_bpe.model", vocab_size=512)
     assert spm.SentencePieceProcessor(model_file=str(small)).vocab_size() == 512
@@ -147,15 +146,16 @@ def test_tokenizer_vocab_mismatch_is_caught(tmp_path, docs):
         verify_cache(dataset, small)
     assert str(small) in str(err.value) and "TOKENIZER_PATH" in str(err.value)
     # Same vocab size but a different tokenizer is caught too (by its sha256).
-    other = train_tokenizer([d.strip() for d in docs], tmp_path / "other_1024_bpe.model")
+    # (trained on half the documents: on all of them it could be the cache's own tokenizer)
+    other = train_tokenizer([d.strip() for d in docs[::2]], tmp_path / "other_1024_bpe.model")
     with pytest.raises(CacheError, match="not the tokenizer that wrote"):
         verify_cache(dataset, other)
     assert verify_cache(dataset)["fingerprint"] == manifest["fingerprint"]
 
 
-def test_training_a_tokenizer_from_the_docs(tmp_path, docs):
+def test_training_a_tokenizer_from_the_docs(tmp_path, docs, corpus):
     data_root = tmp_path / "data"
-    done = _run_cli(str(REAL_DOCS), "--name", "fwtrained_sp1024", "--data-root", str(data_root),
+    done = _run_cli(str(corpus.docs), "--name", "fwtrained_sp1024", "--data-root", str(data_root),
                     "--shard-tokens", str(SHARD_TOKENS))
     assert done.returncode == 0, done.stderr
     assert "using the first 20 documents for validation" in done.stderr  # small-corpus cap
@@ -173,7 +173,7 @@ def test_training_a_tokenizer_from_the_docs(tmp_path, docs):
     np.testing.assert_array_equal(_split_tokens(dataset, "train"), np.concatenate(ids[20:]))
 
     # Rebuilding with --force retrains the tokenizer and gets the very same model.
-    again = _run_cli(str(REAL_DOCS), "--name", "fwtrained_sp1024", "--data-root", str(data_root), "--force")
+    again = _run_cli(str(corpus.docs), "--name", "fwtrained_sp1024", "--data-root", str(data_root), "--force")
     assert again.returncode == 0, again.stderr
     assert model.read_bytes() == sp.serialized_model_proto()  # training is deterministic
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from autogolf import logparse
-from conftest import REAL_LOGS
+from conftest import REAL_LOGS, require_real_logs
 
 M3_LOG = REAL_LOGS / "mlx_m3air_baseline_200steps.log"
 TORCH_LOG = REAL_LOGS / "torch_8xh100_naive_baseline.log"
@@ -13,8 +13,7 @@ TORCH_LOG = REAL_LOGS / "torch_8xh100_naive_baseline.log"
 
 @pytest.fixture(autouse=True)
 def _logs():
-    if not M3_LOG.is_file() or not TORCH_LOG.is_file():
-        pytest.skip(f"real logs not found in {REAL_LOGS} (set AUTOGOLF_FIXTURES)")
+    require_real_logs(M3_LOG, TORCH_LOG)
 
 
 def test_m3_log_real_lines():

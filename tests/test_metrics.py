@@ -12,7 +12,7 @@ import pytest
 
 from autogolf import logparse, metrics
 from autogolf.shards import write_shard
-from conftest import REAL_LOGS, REPO
+from conftest import REAL_LOGS, require_real_logs, REPO
 
 M3_LOG = REAL_LOGS / "mlx_m3air_baseline_200steps.log"
 TORCH_LOG = REAL_LOGS / "torch_8xh100_naive_baseline.log"
@@ -22,8 +22,7 @@ METRIC_RE = re.compile(r"^METRIC\s+([\w.µ]+)=(\S+)\s*$")
 
 @pytest.fixture(autouse=True)
 def _logs():
-    if not M3_LOG.is_file() or not TORCH_LOG.is_file():
-        pytest.skip(f"real logs not found in {REAL_LOGS} (set AUTOGOLF_FIXTURES)")
+    require_real_logs(M3_LOG, TORCH_LOG)
 
 
 def extract(*args) -> subprocess.CompletedProcess:

@@ -16,7 +16,7 @@ import pytest
 from autogolf.cache import MANIFEST_NAME, CacheError, compute_fingerprint, verify_cache, write_manifest
 from autogolf.shards import (HEADER_BYTES, MAGIC, ShardError, list_shards, read_header, read_tokens,
                              remove_partials, validate_shard, write_shard)
-from conftest import REAL_TOKENIZER, REAL_DOCS, REPO, require_fixtures
+from conftest import REPO
 
 
 def _tokens(n: int, vocab: int = 1024, seed: int = 0) -> np.ndarray:
@@ -83,18 +83,17 @@ def test_token_id_beyond_vocab(tmp_path):
     assert str(path) in str(err.value)
 
 
-def test_empty_validation_split_is_caught(tmp_path):
-    require_fixtures()
+def test_empty_validation_split_is_caught(tmp_path, corpus):
     dataset = tmp_path / "datasets" / "tiny"
     write_shard(dataset / "fineweb_val_000000.bin", _tokens(2000))
     write_shard(dataset / "fineweb_train_000000.bin", _tokens(8000, seed=1))
-    manifest = write_manifest(dataset, REAL_TOKENIZER, source="test", is_fineweb=False)
+    manifest = write_manifest(dataset, corpus.tokenizer, source="test", is_fineweb=False)
     verify_cache(dataset)
 
     # A validation shard with no tokens: write_manifest refuses to bless such a cache...
     write_shard(dataset / "fineweb_val_000000.bin", np.zeros(0, dtype=np.uint16))
     with pytest.raises(CacheError, match=r"the val split is empty .*nothing to score"):
-        write_manifest(dataset, REAL_TOKENIZER, source="test", is_fineweb=False)
+        write_manifest(dataset, corpus.tokenizer, source="test", is_fineweb=False)
 
     # ...and verify_cache rejects one whose (self-consistent) manifest describes no val split.
     (dataset / "fineweb_val_000000.bin").unlink()
@@ -155,17 +154,16 @@ def test_killed_writer_leaves_no_valid_looking_file(tmp_path):
     assert not list(tmp_path.glob(".*.partial"))
 
 
-def test_killed_corpus_import_leaves_no_cache_and_rerun_cleans_up(tmp_path):
+def test_killed_corpus_import_leaves_no_cache_and_rerun_cleans_up(tmp_path, corpus):
     """SIGKILL `python -m autogolf.corpus` after it has written shards: no dataset appears
     under its final name (nothing that verifies), and a re-run succeeds and removes the
     dead build folder."""
-    require_fixtures()
-    lines = REAL_DOCS.read_text(encoding="utf-8").splitlines()
+    lines = corpus.docs.read_text(encoding="utf-8").splitlines()
     src = tmp_path / "docs.jsonl"
     src.write_text("\n".join(lines * 6) + "\n", encoding="utf-8")  # ~9 MB, a few seconds to import
     data_root = tmp_path / "data"
     cmd = [sys.executable, "-m", "autogolf.corpus", str(src), "--name", "killed", "--data-root",
-           str(data_root), "--tokenizer", str(REAL_TOKENIZER), "--shard-tokens", "20000"]
+           str(data_root), "--tokenizer", str(corpus.tokenizer), "--shard-tokens", "20000"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60

@@ -1,5 +1,5 @@
-"""Helpers for the trainer tests: a real dataset built from the fixture documents, trainer
-runs as real subprocesses, and parsers for the log contract."""
+"""Helpers for the trainer tests: a real dataset built from 200 documents, trainer runs as
+real subprocesses, and parsers for the log contract."""
 
 from __future__ import annotations
 
@@ -62,9 +62,10 @@ def tokenize_docs(sp, docs: list[str]) -> list[np.ndarray]:
     return [np.array([BOS_ID] + sp.encode(d), dtype=np.uint16) for d in docs]
 
 
-def build_dataset(root: Path, tokenizer: Path, docs_path: Path, name: str = "real_sp1024") -> Path:
+def build_dataset(root: Path, tokenizer: Path, docs_path: Path, name: str) -> Path:
     """data/datasets/<name>/ with one val shard (the first NUM_VAL_DOCS documents) and two
-    train shards (the rest, split in half), like the real cache layout."""
+    train shards (the rest, split in half), like the real cache layout, and a copy of the
+    tokenizer that wrote them (the trainer reads only the shards' names)."""
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_file=str(tokenizer))
@@ -75,6 +76,7 @@ def build_dataset(root: Path, tokenizer: Path, docs_path: Path, name: str = "rea
     half = train.size // 2
     write_shard(dataset / "fineweb_train_000000.bin", train[:half])
     write_shard(dataset / "fineweb_train_000001.bin", train[half:])
+    (dataset / tokenizer.name).write_bytes(tokenizer.read_bytes())
     return dataset
 
 
