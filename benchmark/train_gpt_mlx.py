@@ -29,6 +29,7 @@ import json
 import math
 import os
 import pickle
+import socket
 import sys
 import time
 import uuid
@@ -725,12 +726,15 @@ def dequantize_state_dict_int8(obj: dict) -> dict[str, mx.array]:
 
 
 class Logger:
-    """Prints to the console and appends to OUT_DIR/<run_id>.txt (created on first write)."""
+    """Prints to the console and appends to OUT_DIR/<run_id>.txt (created on first write).
+    With several processes only rank 0 logs (enabled=False on the others)."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, enabled: bool = True):
+        self.path, self.enabled = path, enabled
 
     def __call__(self, msg: str, console: bool = True) -> None:
+        if not self.enabled:
+            return
         if console:
             print(msg, flush=True)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -739,9 +743,10 @@ class Logger:
 
 
 def eval_val(args: Hyperparameters, loss_fn, val_tokens: np.ndarray, luts, log,
-             streams: list) -> tuple[float, float]:
+             streams: list, world) -> tuple[float, float]:
     """val_loss (mean nats per token) and val_bpb over non-overlapping TRAIN_SEQ_LEN windows.
-    Each batch is evaluated at once and summed into Python floats, so memory stays bounded."""
+    Each batch is evaluated at once and summed into Python floats, so memory stays bounded.
+    With several processes each scores its rows of every batch; the parts are summed."""
     seq = args.train_seq_len
     batch_seqs = args.val_batch_size // args.grad_accum_steps // seq
     total_seqs = (val_tokens.size - 1) // seq
@@ -752,9 +757,13 @@ def eval_val(args: Hyperparameters, loss_fn, val_tokens: np.ndarray, luts, log,
         last = min(first + batch_seqs, total_seqs)
         chunk = val_tokens[first * seq:last * seq + 1].astype(np.int32)
         x, y = chunk[:-1].reshape(-1, seq), chunk[1:].reshape(-1, seq)
-        losses = split_batch(loss_fn, mx.array(x), mx.array(y), 1.0, streams)
+        x_rank, y_rank, share = rank_rows(mx.array(x), mx.array(y), world)
+        losses = split_batch(loss_fn, x_rank, y_rank, share, streams) if share > 0 else []
         mx.eval(losses)
-        loss_sum += sum(float(loss.item()) for loss in losses) * y.size
+        batch_loss = sum(float(loss.item()) for loss in losses)
+        if world.size() > 1:
+            batch_loss = float(mx.distributed.all_sum(mx.array(batch_loss), group=world).item())
+        loss_sum += batch_loss * y.size
         byte_sum += float(target_bytes(x, y, luts).sum())
         token_count += y.size
         if num_batches > 1 and (i == 1 or i == num_batches or i % every == 0):
@@ -770,16 +779,19 @@ def token_chunks(num_tokens: int, seq_len: int, max_chunk: int) -> list[int]:
 
 
 def gradient_step(args: Hyperparameters, data: TokenStream, loss_and_grad,
-                  streams: list) -> tuple[mx.array, dict]:
+                  streams: list, world) -> tuple[mx.array, dict]:
     """Mean loss and gradients over GRAD_ACCUM_STEPS microbatches of chunks, each chunk
     weighted by its share of the tokens (the same as one big batch). The weight scales the
-    loss inside the compiled graph, so the gradients come out scaled at no extra cost."""
+    loss inside the compiled graph, so the gradients come out scaled at no extra cost.
+    Data parallel: every rank reads the same global batch and computes on its own rows,
+    weighted by its share of them times the world size; averaging over the ranks then gives
+    the whole batch's mean loss and gradients."""
     chunks = token_chunks(args.microbatch_tokens, args.train_seq_len, args.mlx_max_microbatch_tokens)
     total_loss, total_grads = None, None
     for _ in range(args.grad_accum_steps):
         for n in chunks:
-            x, y = data.next_batch(n, args.train_seq_len)
-            weight = n / sum(chunks) / args.grad_accum_steps
+            x, y, share = rank_rows(*data.next_batch(n, args.train_seq_len), world)
+            weight = n / sum(chunks) / args.grad_accum_steps * share * world.size()
             for loss, grads in split_batch(loss_and_grad, x, y, weight, streams):
                 grads = dict(tree_flatten(grads))
                 if total_grads is None:
@@ -789,7 +801,27 @@ def gradient_step(args: Hyperparameters, data: TokenStream, loss_and_grad,
                     total_grads = {k: total_grads[k] + g for k, g in grads.items()}
             if args.mlx_eager_eval:
                 mx.eval(total_loss, total_grads)
+    if world.size() > 1:
+        total_loss = mx.distributed.all_sum(total_loss, group=world) / world.size()
+        total_grads = dict(tree_flatten(nn.average_gradients(total_grads, group=world)))
     return total_loss, total_grads
+
+
+def rank_rows(x: mx.array, y: mx.array, world) -> tuple[mx.array, mx.array, float]:
+    """This rank's rows of a batch (a disjoint, contiguous slice) and their share of its rows."""
+    n, rank, size = x.shape[0], world.rank(), world.size()
+    if size == 1:
+        return x, y, 1.0
+    a, b = n * rank // size, n * (rank + 1) // size
+    return x[a:b], y[a:b], (b - a) / n
+
+
+def world_max(value: float, world) -> float:
+    """The largest value over the ranks: they decide on one clock, so they agree on the LR
+    and on the step where the wall-clock cap stops them."""
+    if world.size() == 1:
+        return value
+    return float(mx.distributed.all_max(mx.array(value), group=world).item())
 
 
 # How each backend computes by default; COMPUTE_DTYPE and ATTN_BLOCK_SIZE override the first
@@ -816,7 +848,8 @@ def blas_label(platform: str, path: str | None) -> str:
     return "accelerate" if platform == "darwin" else "reference"
 
 
-def setup_backend(args: Hyperparameters, backend: str = "") -> tuple[str, object, int, bool, str, list]:
+def setup_backend(args: Hyperparameters, backend: str = "",
+                  local_ranks: int = 1) -> tuple[str, object, int, bool, str, list]:
     """Backend name, compute dtype, attention block size, whether the CPU machinery runs, the
     BLAS in use, and the CPU streams to spread work over (none on a GPU). `backend` forces
     one row of BACKEND_DEFAULTS (tests run a GPU's choices on the CPU that way)."""
@@ -824,12 +857,18 @@ def setup_backend(args: Hyperparameters, backend: str = "") -> tuple[str, object
     dtype_name, block, cpu = BACKEND_DEFAULTS[backend]
     dtype = DTYPES[args.compute_dtype or dtype_name]
     block = args.attn_block_size if args.attn_block_size >= 0 else block
-    streams = cpu_streams(args) if cpu else []
+    streams = cpu_streams(args, local_ranks) if cpu else []
     return backend, dtype, block, cpu, blas_label(sys.platform, loaded_blas()), streams
 
 
-def train(args: Hyperparameters, log: Logger) -> None:
+def train(args: Hyperparameters, log: Logger, world) -> None:
     check_hyperparameters(args)
+    seqs = min(token_chunks(args.microbatch_tokens, args.train_seq_len, args.mlx_max_microbatch_tokens)) \
+        // args.train_seq_len
+    if seqs < world.size():
+        raise InputError(f"a training chunk of {seqs} sequences cannot be shared among "
+                         f"{world.size()} processes (each needs at least one); raise TRAIN_BATCH_TOKENS or "
+                         f"MLX_MAX_MICROBATCH_TOKENS, or run fewer processes")
     if not Path(args.data_path).is_dir():
         raise InputError(f"DATA_PATH={args.data_path} is not a folder; download the data "
                          f"(`just bootstrap`, or upstream's data/cached_challenge_fineweb.py --variant sp1024) "
@@ -841,9 +880,10 @@ def train(args: Hyperparameters, log: Logger) -> None:
     dataset_name, num_train_files, expected_train_files = validate_dataset_tokenizer_pair(args)
     val_tokens, full_val_tokens = load_validation_tokens(args)
     luts = build_sentencepiece_luts(sp, args.vocab_size)
-    backend, dtype, attn_block, cpu, blas, streams = setup_backend(args)
+    backend, dtype, attn_block, cpu, blas, streams = setup_backend(args, local_ranks=ranks_on_this_host(world))
 
-    print(log.path)
+    if log.enabled:
+        print(log.path)
     mx.random.seed(args.seed)
     np.random.seed(args.seed)
     data = TokenStream(train_files, args.vocab_size, log, dataset_name)
@@ -857,6 +897,7 @@ def train(args: Hyperparameters, log: Logger) -> None:
 
     n_params = sum(p.size for _, p in tree_flatten(model.parameters()))
     log(f"run_id:{args.run_id}")
+    log(f"world_size:{world.size()}")
     log(f"mlx_version:{mx.__version__}")
     log(f"train_loader:shards pattern={args.train_files}")
     log(f"val_loader:shards pattern={args.val_files} tokens:{val_tokens.size - 1}")
@@ -888,7 +929,8 @@ def train(args: Hyperparameters, log: Logger) -> None:
         f"skip_weights:{model.skip_weights.dtype}")
     attention = f"blocked({attn_block})" if attn_block > 0 else "sdpa"
     log(f"backend:{backend} device:{mx.default_device()} compute_dtype:{str(dtype).split('.')[-1]} "
-        f"blas:{blas} mlx:{mx.__version__} attention:{attention} cpu_streams:{len(streams)}")
+        f"blas:{blas} mlx:{mx.__version__} attention:{attention} cpu_streams:{len(streams)} "
+        f"device_name:{mx.device_info().get('device_name', '?').replace(' ', '_')}")
     if backend == "cpu" and blas == "reference":
         log("WARNING: MLX is using its slow reference BLAS (~6 GFLOP/s, ~30-60x slower fp32 matmul); "
             "install MKL into this environment (pip install mkl) or OpenBLAS (apt-get install libopenblas0), "
@@ -897,7 +939,7 @@ def train(args: Hyperparameters, log: Logger) -> None:
     # Warm-up runs the real training shapes so compilation and allocation happen before the
     # clock starts, but applies no update; then the data stream restarts from its beginning.
     for i in range(args.warmup_steps):
-        mx.eval(gradient_step(args, data, loss_and_grad, streams))
+        mx.eval(gradient_step(args, data, loss_and_grad, streams, world))
         if args.warmup_steps <= 20 or (i + 1) % 10 == 0 or i + 1 == args.warmup_steps:
             log(f"warmup_step:{i + 1}/{args.warmup_steps}")
     if args.warmup_steps > 0:
@@ -911,7 +953,7 @@ def train(args: Hyperparameters, log: Logger) -> None:
         last_step = step == args.iterations or (stop_after is not None and step >= stop_after)
         if last_step or (args.val_loss_every > 0 and step % args.val_loss_every == 0):
             train_ms += 1000.0 * (time.perf_counter() - t0)  # evaluation is off the clock
-            val_loss, val_bpb = eval_val(args, loss_fn, val_tokens, luts, log, streams)
+            val_loss, val_bpb = eval_val(args, loss_fn, val_tokens, luts, log, streams, world)
             log(f"step:{step}/{args.iterations} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
                 f"train_time:{train_ms:.0f}ms step_avg:{train_ms / max(step, 1):.2f}ms")
             t0 = time.perf_counter()
@@ -919,15 +961,15 @@ def train(args: Hyperparameters, log: Logger) -> None:
             if stop_after is not None and step < args.iterations:
                 log(f"stopping_early: wallclock_cap train_time:{train_ms:.0f}ms step:{step}/{args.iterations}")
             break
-        lr_mul = args.lr_mul(step, train_ms + 1000.0 * (time.perf_counter() - t0))
+        lr_mul = args.lr_mul(step, world_max(train_ms + 1000.0 * (time.perf_counter() - t0), world))
         step_t0 = time.perf_counter()
-        loss, grads = gradient_step(args, data, loss_and_grad, streams)
+        loss, grads = gradient_step(args, data, loss_and_grad, streams, world)
         grads = clip_grad_tree(grads, args.grad_clip_norm)
         train_loss = float(loss.item())
         opt.step(model, grads, step, lr_mul)
         mx.eval(model.parameters(), opt.state())
         step_s = time.perf_counter() - step_t0
-        elapsed_ms = train_ms + 1000.0 * (time.perf_counter() - t0)
+        elapsed_ms = world_max(train_ms + 1000.0 * (time.perf_counter() - t0), world)
         step += 1
         if args.train_log_every > 0 and (step <= 10 or step % args.train_log_every == 0 or stop_after is not None):
             log(f"step:{step}/{args.iterations} train_loss:{train_loss:.4f} train_time:{elapsed_ms:.0f}ms "
@@ -939,14 +981,17 @@ def train(args: Hyperparameters, log: Logger) -> None:
     out_dir = log.path.parent
     flat = dict(tree_flatten(model.parameters()))
     raw_path = out_dir / f"{args.run_id}_mlx_model.npz"
-    mx.savez(str(raw_path), **flat)
-    log(f"saved_model:{raw_path} bytes:{raw_path.stat().st_size}")
+    if log.enabled:  # every rank holds the same weights; rank 0 writes them
+        mx.savez(str(raw_path), **flat)
+        log(f"saved_model:{raw_path} bytes:{raw_path.stat().st_size}")
     keep_fp32 = args.patterns("int8_keep_float_fp32_name_patterns") or args.patterns("control_tensor_name_patterns")
     quant_obj, stats = quantize_state_dict_int8(flat, keep_fp32)
     raw_pickle = pickle.dumps(quant_obj, protocol=pickle.HIGHEST_PROTOCOL)
     quant_path = out_dir / f"{args.run_id}_mlx_model.int8.ptz"
-    quant_path.write_bytes(zlib.compress(raw_pickle, level=9))
-    quant_bytes = quant_path.stat().st_size
+    quant_blob = zlib.compress(raw_pickle, level=9)
+    if log.enabled:
+        quant_path.write_bytes(quant_blob)
+    quant_bytes = len(quant_blob)
     ratio = stats["baseline_tensor_bytes"] / max(stats["int8_payload_bytes"], 1)
     log(f"serialized_model_int8_zlib:{quant_bytes} bytes (payload:{stats['int8_payload_bytes']} "
         f"raw_pickle:{len(raw_pickle)} payload_ratio:{ratio:.2f}x)")
@@ -957,10 +1002,11 @@ def train(args: Hyperparameters, log: Logger) -> None:
         log(f"WARNING: the submission is over the challenge's cap of {SUBMISSION_CAP_BYTES} bytes (decimal) "
             f"by {code_bytes + quant_bytes - SUBMISSION_CAP_BYTES} bytes")
 
-    reloaded = dequantize_state_dict_int8(pickle.loads(zlib.decompress(quant_path.read_bytes())))
+    reloaded = dequantize_state_dict_int8(pickle.loads(zlib.decompress(quant_path.read_bytes() if log.enabled
+                                                                       else quant_blob)))
     model.update(tree_unflatten(list(reloaded.items())))
     q_t0 = time.perf_counter()
-    q_loss, q_bpb = eval_val(args, loss_fn, val_tokens, luts, log, streams)
+    q_loss, q_bpb = eval_val(args, loss_fn, val_tokens, luts, log, streams, world)
     log(f"final_int8_zlib_roundtrip val_loss:{q_loss:.4f} val_bpb:{q_bpb:.4f} "
         f"eval_time:{1000.0 * (time.perf_counter() - q_t0):.0f}ms")
     log(f"final_int8_zlib_roundtrip_exact val_loss:{q_loss:.8f} val_bpb:{q_bpb:.8f}")
@@ -1027,12 +1073,16 @@ def set_blas_threads(n: int) -> None:
                 return
 
 
-def cpu_streams(args: Hyperparameters) -> list:
-    """One MLX stream per core (CPU_STREAMS, default min(cores, 8)), one BLAS thread each."""
+def cpu_streams(args: Hyperparameters, local_ranks: int = 1) -> list:
+    """One MLX stream per core (CPU_STREAMS, default min(cores, 8)), one BLAS thread each.
+    The processes of a data-parallel run on one machine share its cores."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = max(cores // local_ranks, 1)
     n = args.cpu_streams or min(cores, 8)
     if n > 1:
         set_blas_threads(1)  # the streams already fill the cores
+    elif local_ranks > 1:
+        set_blas_threads(cores)  # this process's share of them
     # keep freed buffers for reuse (default 32 MB): fresh pages cost a kernel page fault each
     mx.set_cache_limit(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 8)
     return [mx.default_stream(mx.cpu)] + [mx.new_stream(mx.cpu) for _ in range(n - 1)]
@@ -1053,6 +1103,15 @@ def split_batch(fn, x: mx.array, y: mx.array, weight: float, streams: list) -> l
         with mx.stream(streams[i] if streams else mx.default_stream(mx.default_device())):
             out.append(fn(x[a:b], y[a:b], mx.array(weight * (b - a) / n, dtype=mx.float32)))
     return out
+
+
+def ranks_on_this_host(world) -> int:
+    """How many ranks of the run share this machine (and so its cores)."""
+    if world.size() == 1:
+        return 1
+    me = zlib.crc32(socket.gethostname().encode()) & 0x7FFFFFFF
+    hosts = np.array(mx.distributed.all_gather(mx.array([me], dtype=mx.int32), group=world))
+    return int((hosts == me).sum())
 
 
 _ROPE_TABLES: dict = {}
@@ -1157,11 +1216,13 @@ def main() -> None:
     log = None
     try:
         args = hyperparameters_from_env(os.environ)
-        log = Logger(Path(args.out_dir) / f"{args.run_id}.txt")
-        train(args, log)
+        # One process, or one rank of several started by mlx.launch (data parallelism)
+        world = mx.distributed.init()
+        log = Logger(Path(args.out_dir) / f"{args.run_id}.txt", enabled=world.rank() == 0)
+        train(args, log, world)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
-        if log is not None and log.path.exists():
+        if log is not None and log.enabled and log.path.exists():
             log(f"error: {e}", console=False)
         sys.exit(2)
 
