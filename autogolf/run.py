@@ -45,7 +45,7 @@ from pathlib import Path
 
 import psutil
 
-from autogolf import checks, ledger, logparse, metrics, profiles
+from autogolf import checks, distributed, ledger, logparse, metrics, profiles
 from autogolf.blas import preload_env
 from autogolf.cache import CacheError, resolve_dataset, verify_cache
 from autogolf.runlock import LockTimeout, RunLock
@@ -295,6 +295,13 @@ def prune_raw_model(logs_dir: Path, run_id: str) -> None:
         path.unlink(missing_ok=True)
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
 def glob_escape(text: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", text)
 
@@ -380,15 +387,20 @@ def main(argv: list[str] | None = None) -> int:
         env = preload_env(env)  # optimized BLAS on Linux CPU (autogolf/blas.py)
         row["settings"] = _settings(trainer, env, profile)
         row["blas_preload"] = env.get("LD_PRELOAD", "")
+        launch = row["distributed"] = distributed.plan(env)  # NPROC / HOSTS: mlx.launch
+        row["settings"].update({k: env[k] for k in ("NPROC", "HOSTS") if env.get(k)})
 
         timeout = _env_seconds("AUTOGOLF_TIMEOUT", profile.timeout_seconds)
         grace = _env_seconds("AUTOGOLF_KILL_GRACE_SECONDS", 10.0)
         lock.set_deadline(time.time() + timeout + 2 * grace + 60)  # + evaluation and bookkeeping
         say(f"autoresearch: dataset={dataset_label} trainer={trainer.name} timeout={timeout:g}s "
             f"log={log_path.relative_to(REPO_ROOT)}")
-        outcome = run_trainer([sys.executable, str(trainer)], env, console_path, timeout, grace, lock)
+        command = distributed.trainer_command(sys.executable, trainer, launch, REPO_ROOT)
+        outcome = run_trainer(command, env, console_path, timeout, grace, lock)
         trainer_s = outcome["trainer_s"]
-        row["returncode"] = outcome["returncode"]
+        rc, rank_note = distributed.rank_returncode(outcome["returncode"], _read_text(console_path)) \
+            if launch else (outcome["returncode"], "")
+        row["returncode"] = rc
         prune_raw_model(logs_dir, run_id)
         artifact = logs_dir / f"{run_id}_mlx_model.int8.ptz"
         row["artifact_path"] = str(artifact.relative_to(REPO_ROOT)) if artifact.is_file() else None
@@ -404,10 +416,10 @@ def main(argv: list[str] | None = None) -> int:
         result = metrics.compute(parsed, code_bytes=len(trainer_text), train_shard_tokens=shard_tokens)
         row["backend"], row["mlx_version"] = parsed.backend, parsed.mlx_version
         row["train_s"] = (parsed.train_time_ms or 0) / 1000.0
-        rc = outcome["returncode"]
         if outcome["timed_out"]:
             status, reason = "timeout", (f"trainer exceeded the {timeout:g} s timeout (profile "
-                                         f"{profile.name}; AUTOGOLF_TIMEOUT) and was killed; "
+                                         f"{profile.name}; AUTOGOLF_TIMEOUT) and was killed"
+                                         f"{distributed.HANG_NOTE if launch else ''}; "
                                          f"last output: {outcome['last_line'][:160]}")
         elif rc < 0:
             status, reason = "killed", f"trainer was killed by {signal.Signals(-rc).name}"
@@ -423,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
             status, reason = "crash", "no artifact size in the log (export did not run?)"
         else:
             status, reason = "ok", ""
+        if rank_note and status != "ok":
+            reason = f"{reason} ({rank_note})"
     except Interrupted as e:
         status, reason = "interrupted", f"interrupted by {signal.Signals(e.signum).name}"
         row["signal"] = e.signum
@@ -430,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         status, reason = "lock_timeout", str(e)
     except (CacheError, ShardError) as e:  # they name the file and the fix
         status, reason = "data_error", str(e)
-    except profiles.ProfileError as e:
+    except (profiles.ProfileError, distributed.LaunchError) as e:
         status, reason = "config_error", str(e)
     except Exception as e:  # a bug in the harness: still record the run
         import traceback
