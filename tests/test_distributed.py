@@ -1,0 +1,230 @@
+"""Data-parallel runs through mlx.launch (ring backend, loopback): the trainer's mathematics
+against one process, `NPROC=2` and `HOSTS=<hostfile>` through `bash autoresearch.sh`, and the
+faults: a rank killed, a rank frozen in a collective, bad settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from autoresearch_helpers import bench_env, ledger_rows, make_project, make_tiny_dataset, metric_lines, run_bench
+from autogolf import distributed
+from autogolf.runlock import lock_is_free
+from conftest import REPO
+
+PYTHON = str(REPO / ".venv" / "bin" / "python")
+TRAIN_LOSS = re.compile(r"^step:(\d+)/\d+ train_loss:(\d+\.\d+)", re.M)
+FINAL_EXACT = re.compile(r"^final_int8_zlib_roundtrip_exact val_loss:(\S+) val_bpb:(\S+)$", re.M)
+LOOPBACK_HOSTFILE = [{"ssh": "127.0.0.1", "ips": ["127.0.0.1"]}, {"ssh": "127.0.0.1", "ips": ["127.0.0.1"]}]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory, corpus):
+    return make_tiny_dataset(tmp_path_factory.mktemp("data"), corpus)
+
+
+@pytest.fixture
+def project(tmp_path):
+    return make_project(tmp_path / "project")
+
+
+@pytest.fixture
+def env(tiny_data, tmp_path):
+    dataset, tokenizer = tiny_data
+    return bench_env(dataset, tokenizer, tmp_path / "machine.lock", ITERATIONS="2")
+
+
+# --------------------------------------------------------------------------- settings
+
+def test_bad_nproc_and_hosts_are_one_line_errors(tmp_path):
+    assert distributed.plan({}) is None and distributed.plan({"NPROC": "1"}) is None
+    assert distributed.plan({"NPROC": "3"})["world_size"] == 3
+    for bad in ("0", "-2", "two"):
+        with pytest.raises(distributed.LaunchError, match=f"NPROC='{bad}' is not a positive"):
+            distributed.plan({"NPROC": bad})
+    with pytest.raises(distributed.LaunchError, match="cannot read the hostfile"):
+        distributed.plan({"HOSTS": str(tmp_path / "missing.json")})
+    (tmp_path / "bad.json").write_text("127.0.0.1\n127.0.0.1\n")
+    with pytest.raises(distributed.LaunchError, match="not JSON"):
+        distributed.plan({"HOSTS": str(tmp_path / "bad.json")})
+    (tmp_path / "noips.json").write_text(json.dumps([{"ssh": "mac1.local"}]))
+    with pytest.raises(distributed.LaunchError, match="entry 0 needs \"ssh\" .* and \"ips\""):
+        distributed.plan({"HOSTS": str(tmp_path / "noips.json")})
+    (tmp_path / "ok.json").write_text(json.dumps({"hosts": LOOPBACK_HOSTFILE}))
+    with pytest.raises(distributed.LaunchError, match="NPROC or HOSTS, not both"):
+        distributed.plan({"HOSTS": str(tmp_path / "ok.json"), "NPROC": "2"})
+    assert distributed.plan({"HOSTS": str(tmp_path / "ok.json")})["world_size"] == 2
+
+
+def test_a_failed_rank_is_read_back_from_mlx_launch(tmp_path):
+    """mlx.launch ends the other ranks when one fails, but (MLX 0.32) exits 0 itself: the
+    harness must take the failing rank's code from its warning lines."""
+    script = tmp_path / "rank.py"
+    script.write_text("import os, sys, time\n"
+                      "rank = int(os.environ['MLX_RANK'])\n"
+                      "if rank == 1:\n    sys.exit(3)\n"
+                      "time.sleep(120)\n")
+    launch = distributed.plan({"NPROC": "2"})
+    cmd = distributed.trainer_command(PYTHON, script, launch, REPO)
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=100)
+    code, note = distributed.rank_returncode(out.returncode, out.stdout + out.stderr)
+    assert code == (out.returncode or 3), out.stderr
+    assert note == "rank 1 exited with code 3; mlx.launch ended the other ranks"
+
+
+# --------------------------------------------------------------------------- the mathematics
+
+def _trainer_run(tmp_path: Path, tiny_data, name: str, nproc: int) -> str:
+    dataset, tokenizer = tiny_data
+    env = dict(os.environ, DATA_PATH=str(dataset), TOKENIZER_PATH=str(tokenizer), RUN_ID=name,
+               OUT_DIR=str(tmp_path / "logs"), ITERATIONS="4", WARMUP_STEPS="1", TRAIN_LOG_EVERY="1",
+               MAX_WALLCLOCK_SECONDS="0", TRAIN_BATCH_TOKENS="2048", GRAD_ACCUM_STEPS="1",
+               TRAIN_SEQ_LEN="128", MLX_MAX_MICROBATCH_TOKENS="2048", VAL_MAX_TOKENS="2048",
+               VAL_BATCH_SIZE="1024", NUM_LAYERS="2", MODEL_DIM="64", NUM_HEADS="2", NUM_KV_HEADS="1",
+               # the same split of each batch: 2 CPU streams in one process, 1 in each of 2
+               CPU_STREAMS=str(2 // nproc), PYTHONUNBUFFERED="1")
+    env.pop("LD_PRELOAD", None)
+    launch = distributed.plan({"NPROC": str(nproc)})
+    cmd = distributed.trainer_command(PYTHON, REPO / "benchmark" / "train_gpt_mlx.py", launch, REPO)
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    code, note = distributed.rank_returncode(out.returncode, out.stderr)
+    assert code == 0, f"{note}\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}"
+    return (tmp_path / "logs" / f"{name}.txt").read_text()
+
+
+def test_two_processes_train_like_one(tmp_path, tiny_data):
+    """Same global batch and seed: 2 ranks (each half of every batch, gradients averaged,
+    evaluation sharded) give the losses of 1 process that splits its batch the same way."""
+    one = _trainer_run(tmp_path, tiny_data, "one", 1)
+    two = _trainer_run(tmp_path, tiny_data, "two", 2)
+    assert "world_size:1" in one.splitlines() and "world_size:2" in two.splitlines()
+    losses_one, losses_two = TRAIN_LOSS.findall(one), TRAIN_LOSS.findall(two)
+    assert [s for s, _ in losses_two] == ["1", "2", "3", "4"]  # rank 0 alone logs: each step once
+    assert [s for s, _ in losses_one] == [s for s, _ in losses_two]
+    for (_, a), (_, b) in zip(losses_one, losses_two):
+        assert abs(float(a) - float(b)) <= 1e-4
+    [(loss1, bpb1)], [(loss2, bpb2)] = FINAL_EXACT.findall(one), FINAL_EXACT.findall(two)
+    assert abs(float(bpb1) - float(bpb2)) <= 1e-5 and abs(float(loss1) - float(loss2)) <= 1e-5
+    # one export: rank 0 writes the artifact, no other rank writes a log or a model
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == [
+        "one.txt", "one_mlx_model.int8.ptz", "one_mlx_model.npz",
+        "two.txt", "two_mlx_model.int8.ptz", "two_mlx_model.npz"]
+
+
+# --------------------------------------------------------------------------- through the harness
+
+def _assert_ok_two_ranks(project: Path, out: subprocess.CompletedProcess) -> dict:
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    lines = out.stdout.rstrip("\n").splitlines()
+    assert lines[-1].startswith("autoresearch: ok"), lines[-1]
+    assert "val_bpb" in metric_lines(out.stdout) and lines[-2].startswith("METRIC")
+    row = ledger_rows(project)[-1]
+    assert row["status"] == "ok" and row["distributed"]["world_size"] == 2
+    log = (project / row["log_path"]).read_text()
+    assert "world_size:2" in log.splitlines()
+    return row
+
+
+def test_nproc_2_smoke_run(project, env):
+    row = _assert_ok_two_ranks(project, run_bench(project, dict(env, NPROC="2")))
+    assert row["settings"]["NPROC"] == "2" and row["distributed"]["hosts"] == ["127.0.0.1"] * 2
+    assert lock_is_free(Path(env["AUTOGOLF_LOCK_PATH"]))
+
+
+def test_hostfile_with_two_loopback_entries(project, env, tmp_path):
+    hostfile = tmp_path / "hosts.json"
+    hostfile.write_text(json.dumps(LOOPBACK_HOSTFILE))
+    row = _assert_ok_two_ranks(project, run_bench(project, dict(env, HOSTS=str(hostfile))))
+    assert row["distributed"]["hostfile"] == str(hostfile.resolve())
+
+
+def test_bad_hostfile_is_a_config_error(project, env, tmp_path):
+    out = run_bench(project, dict(env, HOSTS=str(tmp_path / "nope.json")))
+    assert out.returncode == 2
+    assert out.stdout.splitlines()[-1].startswith("autoresearch: config_error")
+    assert "cannot read the hostfile" in out.stdout.splitlines()[-1]
+    assert ledger_rows(project)[-1]["status"] == "config_error"
+
+
+def _ranks(project: Path) -> dict[int, psutil.Process]:
+    found = {}
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if cmd[-1:] and cmd[-1].startswith(str(project)) and cmd[-1].endswith("train_gpt_mlx.py"):
+            try:
+                found[int(p.environ()["MLX_RANK"])] = p
+            except (psutil.Error, KeyError):
+                pass
+    return found
+
+
+def _start_long_run(project: Path, env: dict, **extra) -> subprocess.Popen:
+    return subprocess.Popen(["bash", "autoresearch.sh"], cwd=project, text=True, start_new_session=True,
+                            env=dict(env, NPROC="2", ITERATIONS="100000", **extra),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _when_stepping(project: Path, proc: subprocess.Popen) -> dict[int, psutil.Process]:
+    """The two ranks, once rank 0 has logged its second step (both are then in the loop)."""
+    from autoresearch_helpers import wait_for
+
+    def ready():
+        logs = list((project / "logs").glob("*.console.txt"))
+        stepping = any(re.search(r"^step:2/", p.read_text(errors="replace"), re.M) for p in logs)
+        ranks = _ranks(project) if stepping else {}
+        return ranks if len(ranks) == 2 else None
+    try:
+        return wait_for(ready, 120, "two ranks at their second step")
+    except AssertionError:
+        os.killpg(proc.pid, signal.SIGTERM)
+        raise
+
+
+def test_one_rank_killed_ends_the_run_clearly(project, env):
+    proc = _start_long_run(project, env)
+    ranks = _when_stepping(project, proc)
+    ranks[1].send_signal(signal.SIGKILL)
+    stdout, _ = proc.communicate(timeout=90)  # no hang: the other rank is ended too
+    summary = stdout.splitlines()[-1]
+    assert proc.returncode == 137, summary
+    assert summary.startswith("autoresearch: killed") and "rank 1 was killed by SIGKILL" in summary
+    assert "METRIC val_bpb" not in stdout
+    assert [r["status"] for r in ledger_rows(project)] == ["killed"]
+    assert lock_is_free(Path(env["AUTOGOLF_LOCK_PATH"]))
+    psutil.wait_procs(list(ranks.values()), timeout=10)
+    assert not _ranks(project)
+
+
+def test_a_frozen_rank_ends_as_a_clear_timeout(project, env):
+    """A rank that stops answering (as in MLX issue #4475's all_sum deadlock) leaves the
+    other waiting in a collective forever; the hard timeout ends every rank."""
+    proc = _start_long_run(project, env, AUTOGOLF_TIMEOUT="45")
+    ranks = _when_stepping(project, proc)
+    ranks[1].send_signal(signal.SIGSTOP)
+    stdout, _ = proc.communicate(timeout=150)
+    summary = stdout.splitlines()[-1]
+    assert proc.returncode == 124, summary
+    assert summary.startswith("autoresearch: timeout") and "MLX issue #4475" in summary
+    row = ledger_rows(project)[-1]
+    assert row["status"] == "timeout" and row["distributed"]["world_size"] == 2
+    assert lock_is_free(Path(env["AUTOGOLF_LOCK_PATH"]))
+    psutil.wait_procs(list(ranks.values()), timeout=10)
+    assert not _ranks(project)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+def test_ranks_die_with_the_orchestrator(project, env):
+    proc = _start_long_run(project, env)
+    ranks = _when_stepping(project, proc)
+    os.kill(proc.pid, signal.SIGKILL)  # bash exec'd into the Python orchestrator
+    proc.communicate(timeout=30)
+    gone, alive = psutil.wait_procs(list(ranks.values()), timeout=20)
+    assert not alive, f"ranks outlived their run: {alive}"
