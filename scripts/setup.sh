@@ -3,6 +3,8 @@
 # MLX backend, and an optimized BLAS on Linux CPU, checked by a measured matmul. It runs
 # under macOS's /bin/bash 3.2 (tests/test_shell_scripts.py lints for that).
 #   AUTOGOLF_BACKEND=cpu|cuda|metal   override the detected backend
+#   AUTOGOLF_CUDA=12|13               CUDA wheels to install (default: the driver's major version)
+#   AUTOGOLF_SETUP_DRY_RUN=1          print the backend and the extra, install nothing
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +22,23 @@ case "$backend" in
   metal|cpu|cuda) ;;
   *) say "AUTOGOLF_BACKEND must be cpu, cuda or metal (got '$backend')"; exit 1 ;;
 esac
-say "backend: $backend"
+# --- the extra to install: cpu, or the CUDA wheels the driver can run (mlx[cuda12]/[cuda13])
+extra=$backend
+if [ "$backend" = cuda ]; then
+  cuda=${AUTOGOLF_CUDA:-}
+  if [ -z "$cuda" ]; then
+    # nvidia-smi's header names the newest CUDA the driver supports: "CUDA Version: 13.0"
+    cuda=$( (nvidia-smi 2>/dev/null || true) | sed -n 's/.*CUDA Version: *\([0-9][0-9]*\)\..*/\1/p' | head -n 1)
+  fi
+  case "$cuda" in
+    12) extra=cuda12 ;;
+    1[3-9]|[2-9][0-9]) extra=cuda13 ;;
+    "") say "cannot read the driver's CUDA version from nvidia-smi; set AUTOGOLF_CUDA=12 or 13"; exit 1 ;;
+    *) say "the NVIDIA driver supports CUDA $cuda; MLX needs CUDA 12 or newer: update the driver"; exit 1 ;;
+  esac
+fi
+say "backend: $backend (extra: ${extra})"
+if [ "${AUTOGOLF_SETUP_DRY_RUN:-0}" = 1 ]; then exit 0; fi
 
 # --- Python environment: uv from PATH, else uv installed with pip, else venv + pip -------
 export PATH="$HOME/.local/bin:$PATH"
@@ -32,11 +50,11 @@ if command -v uv >/dev/null 2>&1; then
   # --frozen: install exactly the committed uv.lock, never re-resolve. Metal is the default
   # mlx wheel; cpu and cuda are extras. (No array: bash 3.2 calls "${a[@]}" of an empty
   # array unbound under set -u.)
-  if [ "$backend" = metal ]; then uv sync --frozen --quiet; else uv sync --frozen --quiet --extra "$backend"; fi
+  if [ "$backend" = metal ]; then uv sync --frozen --quiet; else uv sync --frozen --quiet --extra "$extra"; fi
 else
   say "uv unavailable; falling back to python3 -m venv + pip (unlocked versions)"
   [ -x .venv/bin/python ] || python3 -m venv .venv
-  spec="."; [ "$backend" = metal ] || spec=".[$backend]"
+  spec="."; [ "$backend" = metal ] || spec=".[$extra]"
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet -e "$spec" pytest
 fi

@@ -120,3 +120,30 @@ def test_setup_runs_without_tmux(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "setup: ready: .venv" in done.stdout
     assert "tmux is not installed" in done.stdout
+
+
+NVIDIA_SMI_STANDIN = """#!/bin/sh
+# stands in for the NVIDIA driver's tool: the header line its plain call prints
+[ "$1" = -L ] && { echo "GPU 0: NVIDIA H200 (UUID: GPU-0)"; exit 0; }
+echo "| NVIDIA-SMI 580.159.03    Driver Version: 580.159.03    CUDA Version: $STANDIN_CUDA     |"
+"""
+
+
+@pytest.mark.parametrize("driver_cuda, extra", [("12.4", "cuda12"), ("13.0", "cuda13"), ("11.8", None), ("", None)])
+def test_setup_picks_the_cuda_wheels_the_driver_supports(tmp_path, driver_cuda, extra):
+    """With an NVIDIA driver, setup.sh chooses the CUDA backend and mlx[cuda12] or
+    mlx[cuda13] by the driver's CUDA version (dry run: nothing is installed)."""
+    tool = tmp_path / "bin" / "nvidia-smi"
+    tool.parent.mkdir()
+    tool.write_text(NVIDIA_SMI_STANDIN)
+    tool.chmod(0o755)
+    env = dict(os.environ, PATH=f"{tool.parent}:{os.environ['PATH']}", STANDIN_CUDA=driver_cuda,
+               AUTOGOLF_SETUP_DRY_RUN="1")
+    env.pop("AUTOGOLF_BACKEND", None)
+    env.pop("AUTOGOLF_CUDA", None)
+    out = subprocess.run(["bash", str(REPO / "scripts" / "setup.sh")], env=env, capture_output=True, text=True)
+    if extra:
+        assert out.returncode == 0 and out.stdout.strip() == f"setup: backend: cuda (extra: {extra})", out.stdout
+    else:
+        assert out.returncode == 1
+        assert ("update the driver" if driver_cuda else "set AUTOGOLF_CUDA=12 or 13") in out.stdout
