@@ -22,7 +22,7 @@ from agent_helpers import (PI_INSTALLED, PI_MISSING_REASON, clean_env, events, k
                            scripted_provider, status)
 from autoresearch_helpers import git, make_project, make_tiny_dataset, wait_for
 from autogolf import ledger
-from conftest import REPO, require_fixtures
+from conftest import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not PI_INSTALLED, reason=PI_MISSING_REASON)]
 
@@ -87,9 +87,8 @@ def pi_log(project: Path) -> list[dict]:
     return [e for e in (json.loads(l) for l in path.read_text().splitlines() if l.strip()) if "run" in e]
 
 
-def test_real_pi_loop_under_the_supervisor_survives_a_model_outage(tmp_path):
-    require_fixtures()
-    dataset, tokenizer = make_tiny_dataset(tmp_path / "data")
+def test_real_pi_loop_under_the_supervisor_survives_a_model_outage(tmp_path, corpus):
+    dataset, tokenizer = make_tiny_dataset(tmp_path / "data", corpus)
     project = make_project(tmp_path / "project")
     server = ModelServer(tmp_path)
     server.start()

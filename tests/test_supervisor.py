@@ -228,3 +228,12 @@ def test_a_rate_limit_waits_and_never_trips_the_breaker(project, env):
     assert waits and all("in_s=2.0 counted=False" in l for l in waits), log
     assert not any("breaker_tripped" in l for l in log)
     assert "breaker  ok" in status(project, env)
+
+
+def test_a_dirty_tree_is_refused_before_the_agent_can_sweep_it_into_an_experiment(project, env):
+    (project / "benchmark" / "train_gpt_mlx.py").write_text("# my own unfinished work\n")
+    (project / "notes.txt").write_text("mine\n")
+    out = loop(project, env, "start")
+    assert out.returncode == 2
+    assert "uncommitted changes (benchmark/train_gpt_mlx.py, notes.txt)" in out.stdout
+    assert "commit or stash them first" in out.stdout and sessions(env) == []

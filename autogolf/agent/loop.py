@@ -22,6 +22,7 @@ import argparse
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 
@@ -58,6 +59,17 @@ def _wait(predicate, seconds: float) -> bool:
     return predicate()
 
 
+def uncommitted_changes() -> list[str] | None:
+    """What `git status` lists (None outside a git checkout). pi-autoresearch's keep commits
+    everything (`git add -A`) and its discard reverts everything: a loop started on a dirty
+    tree would sweep the user's own work into its first experiment."""
+    out = subprocess.run(["git", "-C", str(session.REPO_ROOT), "status", "--porcelain"],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        return None
+    return [line[3:] for line in out.stdout.splitlines() if line.strip()]
+
+
 def start() -> int:
     if not shutil.which("tmux"):
         say(tmux_missing_hint())
@@ -91,6 +103,17 @@ def start() -> int:
             session.log_event("breaker_reset", "started again by `just autoresearch`")
         command = "bash scripts/tmux-pi-autoresearch.sh"
         if sess is None:
+            changes = uncommitted_changes()
+            if changes is None:
+                say(f"{session.REPO_ROOT} is not a git checkout: pi-autoresearch keeps and discards "
+                    f"experiments with git; clone the repository, then start again")
+                return 2
+            if changes and os.environ.get("AUTOGOLF_ALLOW_DIRTY") != "1":
+                say(f"the working tree has uncommitted changes ({', '.join(changes[:5])}"
+                    f"{', ...' if len(changes) > 5 else ''}): the agent's first keep would commit them "
+                    f"and its first discard would revert them; commit or stash them first "
+                    f"(AUTOGOLF_ALLOW_DIRTY=1 starts anyway)")
+                return 2
             server.new_session(session_name=name, window_name=session.SUPERVISOR_WINDOW,
                                window_command=command, start_directory=str(session.REPO_ROOT),
                                environment=session_env(), attach=False, x=200, y=50)
