@@ -65,6 +65,10 @@ test *ARGS:
 bench-trainer *ARGS:
     {{py}} scripts/bench_trainer.py {{ARGS}}
 
+# 1 process vs N data-parallel processes (mlx.launch) vs main's trainer: losses, val_bpb, tok/s
+bench-distributed *ARGS:
+    {{py}} scripts/bench_distributed.py {{ARGS}}
+
 # corpus import throughput in MB of text per second
 bench-corpus *ARGS:
     {{py}} scripts/bench_corpus.py {{ARGS}}

@@ -78,6 +78,12 @@ def read_hostfile(path: Path) -> list[dict]:
     return hosts
 
 
+def _hostfile_backend(path: Path) -> str:
+    """The hostfile's own "backend" (mlx.launch's format allows one, e.g. nccl), else ring."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return str(data.get("backend") or "ring") if isinstance(data, dict) else "ring"
+
+
 def free_port_base(count: int, host: str = "127.0.0.1") -> int:
     """A first port P such that P..P+count-1 are free here now (the ring listens on one port
     per rank), so parallel runs and tests do not collide on mlx.launch's fixed default."""
@@ -107,7 +113,7 @@ def plan(env: dict) -> dict | None:
             raise LaunchError("set NPROC or HOSTS, not both (a hostfile runs one process per entry; "
                               "repeat an entry to run more on that host)")
         hosts = read_hostfile(Path(hosts_path))
-        return {"backend": "ring", "world_size": len(hosts), "hostfile": str(Path(hosts_path).resolve()),
+        return {"backend": _hostfile_backend(Path(hosts_path)), "world_size": len(hosts), "hostfile": str(Path(hosts_path).resolve()),
                 "hosts": [h["ssh"] for h in hosts]}
     if nproc == 1:
         return None
@@ -124,7 +130,7 @@ def trainer_command(python: str, trainer: Path, launch: dict | None, cwd: Path) 
     port = os.environ.get("AUTOGOLF_RING_PORT") or str(free_port_base(launch["world_size"]))
     where = ["--hostfile", launch["hostfile"]] if "hostfile" in launch \
         else ["--hosts", "127.0.0.1", "-n", str(launch["world_size"])]
-    return [python, str(launcher), "--backend", "ring", *where, "--starting-port", port, "--cwd", str(cwd),
+    return [python, str(launcher), "--backend", launch["backend"], *where, "--starting-port", port, "--cwd", str(cwd),
             "--", python, "-m", "autogolf.distributed", "rank", str(trainer)]
 
 
