@@ -29,7 +29,6 @@ import json
 import math
 import os
 import pickle
-import socket
 import sys
 import time
 import uuid
@@ -1109,7 +1108,7 @@ def ranks_on_this_host(world) -> int:
     """How many ranks of the run share this machine (and so its cores)."""
     if world.size() == 1:
         return 1
-    me = zlib.crc32(socket.gethostname().encode()) & 0x7FFFFFFF
+    me = zlib.crc32(os.uname().nodename.encode()) & 0x7FFFFFFF
     hosts = np.array(mx.distributed.all_gather(mx.array([me], dtype=mx.int32), group=world))
     return int((hosts == me).sum())
 
