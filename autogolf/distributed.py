@@ -120,8 +120,11 @@ def plan(env: dict) -> dict | None:
     return {"backend": "ring", "world_size": nproc, "hosts": ["127.0.0.1"] * nproc}
 
 
-def trainer_command(python: str, trainer: Path, launch: dict | None, cwd: Path) -> list[str]:
-    """The command run.py starts: the trainer itself, or mlx.launch running it on every rank."""
+def trainer_command(python: str, trainer: Path, launch: dict | None, cwd: Path,
+                    forward: dict | None = None) -> list[str]:
+    """The command run.py starts: the trainer itself, or mlx.launch running it on every rank.
+    `forward` are the trainer's settings: ranks started over ssh do not inherit this
+    process's environment, so mlx.launch exports them on every rank (--env)."""
     if launch is None:
         return [python, str(trainer)]
     launcher = Path(python).parent / "mlx.launch"
@@ -130,8 +133,9 @@ def trainer_command(python: str, trainer: Path, launch: dict | None, cwd: Path) 
     port = os.environ.get("AUTOGOLF_RING_PORT") or str(free_port_base(launch["world_size"]))
     where = ["--hostfile", launch["hostfile"]] if "hostfile" in launch \
         else ["--hosts", "127.0.0.1", "-n", str(launch["world_size"])]
+    env = [arg for k, v in sorted((forward or {}).items()) for arg in ("--env", f"{k}={v}")]
     return [python, str(launcher), "--backend", launch["backend"], *where, "--starting-port", port, "--cwd", str(cwd),
-            "--", python, "-m", "autogolf.distributed", "rank", str(trainer)]
+            *env, "--", python, "-m", "autogolf.distributed", "rank", str(trainer)]
 
 
 def rank_returncode(returncode: int, console_text: str) -> tuple[int, str]:

@@ -395,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
         lock.set_deadline(time.time() + timeout + 2 * grace + 60)  # + evaluation and bookkeeping
         say(f"autoresearch: dataset={dataset_label} trainer={trainer.name} timeout={timeout:g}s "
             f"log={log_path.relative_to(REPO_ROOT)}")
-        command = distributed.trainer_command(sys.executable, trainer, launch, REPO_ROOT)
+        command = distributed.trainer_command(sys.executable, trainer, launch, REPO_ROOT,
+                                              dict(row["settings"], PYTHONUNBUFFERED="1"))
         outcome = run_trainer(command, env, console_path, timeout, grace, lock)
         trainer_s = outcome["trainer_s"]
         rc, rank_note = distributed.rank_returncode(outcome["returncode"], _read_text(console_path)) \

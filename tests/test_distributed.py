@@ -64,6 +64,20 @@ def test_bad_nproc_and_hosts_are_one_line_errors(tmp_path):
     assert distributed.plan({"HOSTS": str(tmp_path / "ok.json")})["world_size"] == 2
 
 
+def test_ranks_over_ssh_get_the_settings_from_mlx_launch(tmp_path):
+    """Ranks on other hosts do not inherit the harness's environment: every trainer setting
+    travels as mlx.launch --env, and the hostfile reaches mlx.launch as it is."""
+    hostfile = tmp_path / "hosts.json"
+    hostfile.write_text(json.dumps({"backend": "ring", "hosts": LOOPBACK_HOSTFILE}))
+    launch = distributed.plan({"HOSTS": str(hostfile)})
+    cmd = distributed.trainer_command(PYTHON, REPO / "benchmark" / "train_gpt_mlx.py", launch, REPO,
+                                      {"ITERATIONS": "36", "RUN_ID": "a b"})
+    assert cmd[cmd.index("--hostfile") + 1] == str(hostfile.resolve())
+    assert [cmd[i + 1] for i, c in enumerate(cmd) if c == "--env"] == ["ITERATIONS=36", "RUN_ID=a b"]
+    assert cmd[cmd.index("--") + 1:] == [PYTHON, "-m", "autogolf.distributed", "rank",
+                                         str(REPO / "benchmark" / "train_gpt_mlx.py")]
+
+
 def test_a_failed_rank_is_read_back_from_mlx_launch(tmp_path):
     """mlx.launch ends the other ranks when one fails, but (MLX 0.32) exits 0 itself: the
     harness must take the failing rank's code from its warning lines."""
