@@ -760,8 +760,9 @@ def eval_val(args: Hyperparameters, loss_fn, val_tokens: np.ndarray, luts, log,
         losses = split_batch(loss_fn, x_rank, y_rank, share, streams) if share > 0 else []
         mx.eval(losses)
         batch_loss = sum(float(loss.item()) for loss in losses)
-        if world.size() > 1:
-            batch_loss = float(mx.distributed.all_sum(mx.array(batch_loss), group=world).item())
+        if world.size() > 1:  # the ranks' parts, added in rank order as one process adds its streams'
+            parts = mx.distributed.all_gather(mx.array([batch_loss]), group=world)
+            batch_loss = sum(float(v) for v in parts.tolist())
         loss_sum += batch_loss * y.size
         byte_sum += float(target_bytes(x, y, luts).sum())
         token_count += y.size
