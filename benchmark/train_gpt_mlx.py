@@ -1029,6 +1029,30 @@ def train(hp: Hyperparameters, log: Logger) -> None:
     log(f"final_int8_zlib_roundtrip_exact val_loss:{q_loss:.8f} val_bpb:{q_bpb:.8f}")
 
 
+# -----------------------------------------------------------------------------------------
+# Harness contract (autogolf/verify/score.py). After every run the harness scores the
+# exported artifact itself, in its own process, with its own tokens, byte count and
+# cross-entropy; from this file it takes only the model, rebuilt here from the artifact's
+# bytes alone. Change the model and the export format freely; keep this function working.
+
+
+def harness_load(blob: bytes):
+    """(logits, seq_len) for the model in an artifact: logits(ids) maps int32 token ids
+    (B, seq_len) to float32 next-token logits (B, seq_len, vocab); position t may read
+    ids[:, :t + 1] only. Settings come from the environment, as for training."""
+    hp = hyperparameters_from_env(os.environ)
+    _, dtype, attn_block, _, streams = setup_backend(hp)
+    model = GPT(hp, dtype, attn_block)
+    model.update(tree_unflatten(list(dequantize_int8(pickle.loads(zlib.decompress(blob))).items())))
+
+    def logits(ids) -> mx.array:
+        x = mx.array(ids)
+        parts = split_batch(lambda xp, yp, w: model.logits(model(xp)).astype(mx.float32), x, x, 1.0, streams)
+        return mx.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    return logits, hp.train_seq_len
+
+
 def main() -> None:
     if mx.default_device().type == mx.DeviceType.cpu:
         # MLX orders an evaluation's ops breadth-first but only 20 wide, then depth-first, and
