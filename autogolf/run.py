@@ -395,15 +395,15 @@ def main(argv: list[str] | None = None) -> int:
         # The data cache: fast verification only (headers, sizes, manifest, tokenizer).
         dataset_dir, tokenizer_path, manifest = resolve_dataset(REPO_ROOT / "data")
         report = verify_cache(dataset_dir, tokenizer_path, deep=False)
-        # Every shard against the manifest: stat unchanged, or re-hashed (verify/shardstate.py)
-        shards = shardstate.require_verified(dataset_dir)
-        row["shard_check"] = {"hashed": shards["hashed"], "hashed_bytes": shards["hashed_bytes"],
-                              "seconds": shards["seconds"], "shards": len(shards["shards"])}
         is_fineweb = bool(report["is_fineweb"])
         dataset_label = f"{report['dataset']} ({'FineWeb' if is_fineweb else 'NOT FineWeb'})"
         row["dataset"] = {"name": report["dataset"], "fingerprint": report["fingerprint"],
                           "is_fineweb": is_fineweb, "dir": str(dataset_dir),
                           "tokenizer": str(tokenizer_path), "splits": report["splits"]}
+        # Every shard against the manifest: stat unchanged, or re-hashed (verify/shardstate.py)
+        shards = shardstate.require_verified(dataset_dir)
+        row["shard_check"] = {"hashed": shards["hashed"], "hashed_bytes": shards["hashed_bytes"],
+                              "seconds": shards["seconds"], "shards": len(shards["shards"])}
 
         if not trainer.is_file():
             raise profiles.ProfileError(f"{trainer}: trainer script not found; restore it with "

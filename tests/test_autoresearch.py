@@ -338,13 +338,16 @@ def test_crash_in_the_trainer(project, env, tmp_path):
     assert "RuntimeError: injected failure for the harness test" in last
     assert "METRIC val_bpb" not in out.stdout
     watch.assert_clean()
-    # an invalid configuration: the real trainer refuses it with a one-line reason
+    # an invalid configuration: the real trainer refuses it with a one-line reason and exit
+    # 2, which reaches the ledger as a config error (not a crash), and the harness exits 2
     out = run_bench(project, dict(env, NUM_HEADS="3"))
-    assert out.returncode == 1
+    assert out.returncode == 2
     last = out.stdout.splitlines()[-1]
-    assert last.startswith("autoresearch: crash") and "NUM_HEADS" in last.upper()
+    assert last.startswith("autoresearch: config_error") and "NUM_HEADS=3" in last
+    assert "trainer refused its settings or data (exit 2): MODEL_DIM=64 is not divisible by NUM_HEADS=3" in last
     rows = ledger_rows(project)
-    assert [r["status"] for r in rows] == ["crash", "crash"]
+    assert [r["status"] for r in rows] == ["crash", "config_error"]
+    assert [r["returncode"] for r in rows] == [1, 2]
     assert rows[0]["trainer"]["path"] == str(trainer)
     assert lock_is_free(Path(env["AUTOGOLF_LOCK_PATH"]))
 
