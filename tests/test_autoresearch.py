@@ -62,9 +62,10 @@ class TrainerWatch:
         found = []
         for p in psutil.process_iter(["cmdline", "status"]):
             cmd = p.info["cmdline"] or []
-            # the trainer is the only process started as `python <marker>/...py`
+            # the trainer is the only process started as `python <marker>/...py` (the harness's
+            # scorer, `python -m autogolf.verify.score --trainer <marker>/...py`, is not one)
             if p.info["status"] != psutil.STATUS_ZOMBIE and \
-                    any(c.startswith(self.marker) and c.endswith(".py") for c in cmd):
+                    any(c.startswith(self.marker) and c.endswith(".py") for c in cmd[1:2]):
                 found.append(p)
         return found
 
