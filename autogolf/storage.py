@@ -6,7 +6,7 @@ After each run the harness keeps the artifact of
   - every improving run: an ok run that set a new best val_bpb for its profile and dataset
     when it ran (the ledger's `*` marker), which includes the current best of each,
 and deletes the other runs' artifacts, plus raw-weight files (*.npz) of runs no longer
-running and per-run data views (logs/views/<run_id>) left by runs that died. Logs,
+running (unless AUTOGOLF_KEEP_RAW_MODEL=1) and per-run data views (logs/views/<run_id>) left by runs that died. Logs,
 console captures and the ledger are never deleted: every run stays fully described.
 `python -m autogolf.storage --dry-run` lists what a prune would delete.
 """
@@ -49,7 +49,8 @@ def prune(logs_dir: Path, ledger_path: Path, *, last: int | None = None, dry_run
     keep = artifacts_to_keep(runs, keep_last() if last is None else last)
     running = {r["run_id"] for r in runs if r.get("status") == "running"}
     doomed = [p for p in logs_dir.glob(f"*{ARTIFACT_SUFFIX}") if p.name[:-len(ARTIFACT_SUFFIX)] not in keep]
-    doomed += [p for p in logs_dir.glob(f"*{RAW_SUFFIX}") if p.name[:-len(RAW_SUFFIX)] not in running]
+    if os.environ.get("AUTOGOLF_KEEP_RAW_MODEL") != "1":  # asked to keep them (autogolf/run.py)
+        doomed += [p for p in logs_dir.glob(f"*{RAW_SUFFIX}") if p.name[:-len(RAW_SUFFIX)] not in running]
     views = logs_dir / "views"
     if views.is_dir():
         doomed += [p for p in views.iterdir() if p.name not in running]

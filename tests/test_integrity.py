@@ -93,7 +93,7 @@ def test_untampered_run_agrees_and_scores_the_holdout(project, data, tmp_path):
     assert not any("holdout" in line for line in out.stdout.splitlines())
     assert f"{holdout['val_bpb']:.4f}" not in out.stdout
     print(f"\nagreement: harness {score['val_bpb']:.10f} trainer {score['trainer_val_bpb']:.8f} "
-          f"|diff| {score['abs_diff']:.2e}; holdout {holdout['val_bpb']:.4f}; scoring {score['wall_s']:.2f} s")
+          f"|diff| {score['abs_diff']:.2e}; holdout {holdout['val_bpb']:.4f}; scoring {score['seconds']:.2f} s")
 
 
 @pytest.mark.parametrize("name", sorted(TAMPERS))
