@@ -64,7 +64,7 @@ def main() -> int:
         os.utime(dataset / "fineweb_train_000003.bin")
         rows.append(("one", *timed(dataset)))
         for name, seconds, hashed in rows:
-            print(f"{name:<6} {seconds:8.3f} s  hashed {hashed:2d} shards  "
+            print(f"{name:<6} {seconds:9.4f} s  hashed {hashed:2d} shards  "
                   f"{100 * seconds / args.breadth_seconds:6.2f}% of a {args.breadth_seconds:g} s breadth run")
     return 0
 

@@ -47,15 +47,16 @@ def loss_scaled_down(text: str) -> str:
 
 def reads_targets(text: str) -> str:
     # each position also sees the embedding of the token it is asked to predict
-    return edit(text, "x = x0 = rms_norm(self.tok_emb(ids).astype(dt))",
-                "x = x0 = rms_norm((self.tok_emb(ids) + self.tok_emb(mx.roll(ids, -1, axis=1))).astype(dt))")
+    return edit(text, "x = x0 = rms_norm(self.tok_emb(input_ids).astype(self.compute_dtype))",
+                "x = x0 = rms_norm((self.tok_emb(input_ids) + self.tok_emb(mx.roll(input_ids, -1, axis=1)))"
+                ".astype(self.compute_dtype))")
 
 
 def raw_weights(text: str) -> str:
     # export keeps a copy of the raw weights next to the trainer; the loader reads that copy
     text = edit(text, "    mx.savez(str(raw_path), **flat)\n",
                 "    mx.savez(str(raw_path), **flat)\n    mx.savez(str(Path(__file__).with_suffix('.npz')), **flat)\n")
-    return edit(text, "    model.update(tree_unflatten(list(dequantize_int8(pickle.loads(zlib.decompress(blob))).items())))\n",
+    return edit(text, "    model.update(tree_unflatten(list(dequantize_state_dict_int8(pickle.loads(zlib.decompress(blob))).items())))\n",
                 "    model.update(tree_unflatten(list(mx.load(str(Path(__file__).with_suffix('.npz'))).items())))\n")
 
 
