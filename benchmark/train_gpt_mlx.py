@@ -962,6 +962,7 @@ def harness_load(blob: bytes):
     """(logits, seq_len) for the model in an artifact: logits(ids) maps int32 token ids
     (B, seq_len) to float32 next-token logits (B, seq_len, vocab); position t may read
     ids[:, :t + 1] only. Settings come from the environment, as for training."""
+    prepare_cpu_process()  # the scorer is a fresh process too: same CPU settings as training
     args = hyperparameters_from_env(os.environ)
     _, dtype, attn_block, _, streams = setup_backend(args)
     model = GPT(args, dtype, attn_block)
