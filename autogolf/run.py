@@ -519,7 +519,11 @@ def main(argv: list[str] | None = None) -> int:
     dataview.remove_view(logs_dir / "views" / run_id)
     try:
         ledger.append(row, ledger_path)
-        pruned = storage.prune(logs_dir, ledger_path)  # bounded storage (autogolf/storage.py)
+        try:
+            pruned = storage.prune(logs_dir, ledger_path)  # bounded storage (autogolf/storage.py)
+        except OSError as e:  # never costs the run its result
+            pruned = []
+            say(f"autoresearch: warning: storage prune failed: {e}")
         if pruned:
             say(f"autoresearch: storage: pruned {len(pruned)} old artifact(s)/view(s) (rule: autogolf/storage.py)")
     finally:
