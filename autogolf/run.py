@@ -246,11 +246,13 @@ def _score(row: dict, trainer: Path, artifact: Path, dataset_dir: Path, tokenize
         return run_trainer(cmd, scorer_env, console, limit, grace, lock, cwd=cwd)
 
     trainer_facts = dict(LAST_TRAINER)  # the timing row describes the trainer, not the scorer
+    earlier = [r for r in ledger.runs(ledger.default_path(REPO_ROOT)) if r.get("run_id") != row["run_id"]]
     try:
         row["harness_score"], row["holdout"], failure = score.score_run(
             run, trainer=trainer, artifact=artifact, dataset_dir=dataset_dir, tokenizer=tokenizer_path,
             view=row["data_view"], env=env, repo_root=REPO_ROOT,
-            console=REPO_ROOT / "logs" / f"{row['run_id']}.score.txt", timeout=timeout, trainer_bpb=trainer_bpb)
+            console=REPO_ROOT / "logs" / f"{row['run_id']}.score.txt", timeout=timeout, trainer_bpb=trainer_bpb,
+            best_before=_best_before(earlier, row["profile"], (row.get("dataset") or {}).get("fingerprint")))
     finally:
         LAST_TRAINER.clear()
         LAST_TRAINER.update(trainer_facts)

@@ -968,13 +968,15 @@ def harness_load(blob: bytes):
     model = GPT(args, dtype, attn_block)
     model.update(tree_unflatten(list(dequantize_state_dict_int8(pickle.loads(zlib.decompress(blob))).items())))
 
-    def forward(x, _y, _w):
+    def forward(x):
         h = model(x)
         return model.softcap(h @ model.tok_emb.weight.astype(h.dtype).T).astype(mx.float32)
 
+    compiled = mx.compile(forward, inputs=model.state)
+
     def logits(ids) -> mx.array:
         x = mx.array(ids)
-        parts = split_batch(forward, x, x, 1.0, streams)
+        parts = split_batch(lambda xp, _y, _w: compiled(xp), x, x, 1.0, streams)
         return mx.concatenate(parts) if len(parts) > 1 else parts[0]
 
     return logits, args.train_seq_len

@@ -97,6 +97,24 @@ def test_untampered_run_agrees_and_scores_the_holdout(project, data, tmp_path):
           f"|diff| {score['abs_diff']:.2e}; holdout {holdout['val_bpb']:.4f}; scoring {score['seconds']:.2f} s")
 
 
+def test_holdout_is_scored_for_improving_runs_only_unless_asked(project, data, tmp_path):
+    """After the untampered run above, the same code again does not improve: no holdout
+    score, unless AUTOGOLF_HOLDOUT=every; then it equals the first run's (deterministic)."""
+    first = [r for r in ledger_rows(project) if r["status"] == "ok" and r["dataset"]["dir"] == str(data[0])]
+    assert first and first[-1]["holdout"]["val_bpb"] > 0
+    out, row = run(project, data, tmp_path)
+    assert out.returncode == 0 and row["holdout"]["val_bpb"] is None
+    assert row["holdout"]["slice"].startswith("not scored: not an improving run")
+    out, row = run_every(project, data, tmp_path)
+    assert out.returncode == 0 and row["holdout"]["val_bpb"] == first[-1]["holdout"]["val_bpb"]
+
+
+def run_every(project, data, tmp_path):
+    dataset, tokenizer = data
+    out = run_bench(project, bench_env(dataset, tokenizer, tmp_path / "lock", AUTOGOLF_HOLDOUT="every"))
+    return out, ledger_rows(project)[-1]
+
+
 @pytest.mark.parametrize("name", sorted(TAMPERS))
 def test_tampered_trainer_is_caught(project, data, tmp_path, name):
     tamper, expected = TAMPERS[name]

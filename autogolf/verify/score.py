@@ -20,7 +20,10 @@ logits; a loader that ignores its bytes (raw weights read from disk) gives the s
 
 Causality probe: for PROBE_SEQS windows, the tokens after a cut are replaced by other
 tokens; the logits at and before the cut must not move (a model reading its targets moves
-them). Then the hidden holdout slice is scored the same way (ledger only, never a METRIC).
+them). Then the hidden holdout slice is scored the same way (ledger only, never a METRIC),
+for every improving run -- the trainer's val_bpb below the best earlier ok run of the same
+profile and dataset, or the first such run -- since it costs one more evaluation;
+AUTOGOLF_HOLDOUT=every scores it for every run.
 
 A run is integrity_failed (exit 4, never ok) when the harness's val_bpb and the trainer's
 differ by more than TOLERANCE_BPB, when the probe fails, or when the artifact cannot be
@@ -105,7 +108,7 @@ def causality_probe(logits_fn, seq_len: int, tokens: np.ndarray, vocab: int) -> 
     n = min(PROBE_SEQS, (tokens.size - 1) // seq_len)
     x = tokens[:n * seq_len].astype(np.int32).reshape(n, seq_len)
     rng = np.random.default_rng(0)
-    cuts = [seq_len // 2, seq_len // 4, seq_len - 2]
+    cuts = [seq_len // 4, 3 * seq_len // 4]  # each costs one forward pass of one window
     worst, moved_after = 0.0, 0.0
     base = np.array(logits_fn(x), dtype=np.float32)
     for cut in sorted({c for c in cuts if 0 <= c < seq_len - 1}):
@@ -261,10 +264,13 @@ def _batch_tokens(env: dict) -> int:
 
 
 def score_run(run, *, trainer: Path, artifact: Path, dataset_dir: Path, tokenizer: Path, view: dict,
-              env: dict, repo_root: Path, console: Path, timeout: float,
-              trainer_bpb: float | None) -> tuple[dict, dict | None, str | None]:
+              env: dict, repo_root: Path, console: Path, timeout: float, trainer_bpb: float | None,
+              best_before: float | None) -> tuple[dict, dict | None, str | None]:
     """Score a finished run: (row["harness_score"], row["holdout"], integrity failure or None)."""
     start = time.monotonic()
+    improving = best_before is None or (trainer_bpb is not None and trainer_bpb < best_before)
+    if view.get("holdout") and not improving and os.environ.get("AUTOGOLF_HOLDOUT") != "every":
+        view = dict(view, holdout=None, holdout_note="not scored: not an improving run (AUTOGOLF_HOLDOUT=every scores all)")
     if not artifact.is_file():
         result, error = None, f"the artifact {artifact} is missing"
     else:
