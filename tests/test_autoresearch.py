@@ -303,6 +303,8 @@ def test_orchestrator_sigkilled_takes_its_trainer_with_it(project, env, long_run
     assert [r["status"] for r in rows] == ["lost", "ok"]
     assert "harness died" in rows[0]["exit_reason"] and rows[0]["profile"] == "smoke"
     assert rows[0]["reconciled_at"]
+    # the dead run's data view (logs/views/<run_id>) went with the next run's prune
+    assert not any((project / "logs" / "views").iterdir())
 
 
 def test_timeout_kills_a_hanging_trainer_and_its_escaped_child(project, env, tmp_path):
