@@ -409,6 +409,19 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def shard_report(dataset_dir: Path, *, rehash: bool) -> int:
+    """Print each shard's state (verified, changed, missing); return how many are not verified."""
+    from autogolf.verify import shardstate  # it builds on this module
+
+    result = shardstate.shard_states(Path(dataset_dir), rehash=rehash)
+    for name, s in result["shards"].items():
+        print(f"{name:<28} {s['state']:<9} {s['how']}")
+    bad = [n for n, s in result["shards"].items() if s["state"] != "verified"]
+    if bad:
+        print(f"error: {shardstate.problem(dataset_dir, result)}", file=sys.stderr)
+    return len(bad)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m autogolf.cache", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -420,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--tokenizer", default=None,
                    help="tokenizer .model to check against (default: TOKENIZER_PATH, else the manifest's)")
     v.add_argument("--fast", action="store_true",
-                   help="headers and sizes only; skip re-hashing shards and checking every token id")
+                   help="skip checking every token id, and hash only shards whose size, mtime or inode "
+                        "changed since they were last verified (what every run does)")
     m = sub.add_parser("manifest", help="validate the shards of a dataset folder and (re)write its manifest")
     m.add_argument("dataset_dir", help="dataset folder holding fineweb_{train,val}_NNNNNN.bin")
     m.add_argument("--tokenizer", required=True, help="the SentencePiece .model that wrote the shards")
@@ -428,6 +442,9 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--fineweb", action="store_true",
                    help="mark the cache as the real FineWeb challenge data (is_fineweb: true)")
     args = parser.parse_args(argv)
+    # Under `python -m autogolf.cache` this file is __main__, and autogolf.verify imports it
+    # again as autogolf.cache: its CacheError is another class, caught here too.
+    import autogolf.cache as canonical
     try:
         if args.command == "manifest":
             manifest = write_manifest(Path(args.dataset_dir), Path(args.tokenizer),
@@ -440,8 +457,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             dataset_dir, tokenizer_path, _ = resolve_dataset(args.data_root)
             tokenizer_path = args.tokenizer or tokenizer_path
+        if shard_report(dataset_dir, rehash=not args.fast):
+            return 1
         report = verify_cache(dataset_dir, tokenizer_path, deep=not args.fast)
-    except (CacheError, ShardError) as e:
+    except (CacheError, ShardError, canonical.CacheError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(format_report(report))

@@ -6,7 +6,9 @@ A failure makes the run `checks_failed`, which the agent cannot keep. They fail 
   2. the latest run's log lacks a line of the log contract;
   3. the trainer imports network code (socket, urllib, requests, http, huggingface_hub, ...)
      or is longer than 1,500 lines;
-  4. a protected file changed: the validation shards, tokenizers and cache manifests, the
+  4. a shard of the latest run's data cache is not the one its manifest promises (the same
+     cheap stat-then-hash check the run did before training: autogolf/verify/shardstate.py);
+  5. a protected file changed: the validation shards, tokenizers and cache manifests, the
      upstream checkout (.upstream/), the harness (autoresearch.sh, autoresearch.checks.sh,
      scripts/, autogolf/ including profiles.toml), README.md, Justfile, .gitignore, the
      pinned upstream commit, pyproject.toml and uv.lock.
@@ -311,10 +313,26 @@ def latest_run(path: Path) -> dict | None:
     return finished[-1] if finished else None
 
 
+def check_shards(root: Path = REPO_ROOT) -> list[str]:
+    """The latest run's shards, after it ran, against its cache manifest."""
+    from autogolf.cache import CacheError
+    from autogolf.verify import shardstate
+
+    row = latest_run(ledger.default_path(root))
+    dataset_dir = ((row or {}).get("dataset") or {}).get("dir")
+    if not dataset_dir:
+        return []
+    try:
+        message = shardstate.problem(dataset_dir, shardstate.shard_states(Path(dataset_dir)))
+    except CacheError as e:
+        message = str(e)
+    return [message] if message else []
+
+
 def run_checks(root: Path = REPO_ROOT, trainer: Path | None = None) -> list[str]:
     root = Path(root)
     trainer = trainer or root / TRAINER_RELPATH
-    return check_latest_run(root) + check_trainer(trainer) + check_protected(root)
+    return check_latest_run(root) + check_trainer(trainer) + check_shards(root) + check_protected(root)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -346,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"checks: FAILED ({len(problems)} problem{'s' if len(problems) > 1 else ''}, {elapsed:.1f} s)")
         return 1
     print(f"checks: ok (artifact under the cap, log contract complete, trainer clean, "
-          f"protected files unchanged; {elapsed:.1f} s)")
+          f"shards verified, protected files unchanged; {elapsed:.1f} s)")
     return 0
 
 

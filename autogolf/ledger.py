@@ -21,7 +21,11 @@ Row fields (the orchestrator, autogolf/run.py, fills them):
   settings (the resolved trainer environment), git {commit, dirty, diff_sha256, untracked},
   trainer {path, sha256, bytes, lines}, dataset {name, fingerprint, is_fineweb, dir},
   upstream_commit, machine {hostname, platform, python, cpu_count, memory_bytes}, backend,
-  mlx_version, metrics {name: value}, timing {...}, log_path, console_path.
+  mlx_version, metrics {name: value}, timing {...}, log_path, console_path,
+  shard_check {hashed, hashed_bytes, seconds, shards}, data_view {dir, links, train_shards,
+  val_files, selection, holdout, ...} (autogolf/verify/dataview.py), harness_score {val_bpb,
+  val_loss, tokens, bytes, trainer_val_bpb, abs_diff, tolerance, probe, artifact_only,
+  seconds, error?} and holdout {val_bpb, tokens, slice, seconds} (autogolf/verify/score.py).
 
 CLI: python -m autogolf.ledger [--last N] [--path logs/runs.jsonl]  (reconciles lost runs first)
 """

@@ -29,6 +29,7 @@ class Profile:
     description: str
     timeout_seconds: float  # hard limit for the whole trainer process (AUTOGOLF_TIMEOUT wins)
     env: dict[str, str]  # the profile's own values
+    holdout_tokens: int = 0  # hidden holdout the harness scores (autogolf/verify/dataview.py)
     resolved: dict[str, str] = field(default_factory=dict)  # after environment overrides
     overrides: dict[str, str] = field(default_factory=dict)  # variables the environment changed
 
@@ -56,12 +57,13 @@ def load(name: str | None = None, environ: dict | None = None, path: Path = PROF
     raw = profiles[name]
     try:
         timeout = float(raw["timeout_seconds"])
+        holdout = int(raw.get("holdout_tokens", 0))
         env = {str(k): _env_value(v) for k, v in raw.get("env", {}).items()}
     except (KeyError, TypeError, ValueError) as e:
         raise ProfileError(f"{path}: profile {name} needs timeout_seconds and an env table "
                            f"of scalars ({e})") from e
     profile = Profile(name=name, description=str(raw.get("description", "")).strip(),
-                      timeout_seconds=timeout, env=env)
+                      timeout_seconds=timeout, env=env, holdout_tokens=holdout)
     for key, value in env.items():
         if key in environ and environ[key] != value:
             profile.overrides[key] = environ[key]

@@ -14,8 +14,11 @@ AUTOGOLF_LOCK_WAIT_SECONDS (see runlock.py), RUN_ID, DATA_PATH / TOKENIZER_PATH 
 cache autogolf.cache.resolve_dataset picks).
 
 Exit status: 0 only when a post-round-trip val_bpb under the artifact cap was produced.
-  1 crash (trainer failed, or no val_bpb)   2 data cache, profile or setting problem
-  3 artifact over 16,000,000 bytes          70 harness bug      75 lock busy too long
+  1 crash (trainer failed, or no val_bpb)   2 data cache, profile or setting problem (the
+  3 artifact over 16,000,000 bytes            trainer's own exit 2 included: a bad setting)
+  4 integrity failed: the harness's own score of the artifact disagrees with the trainer's,
+    or the causality probe failed (autogolf/verify/score.py)
+  70 harness bug      75 lock busy too long
   124 timeout                               137 trainer killed by a signal
   128+N interrupted by signal N (SIGINT 130, SIGTERM 143)
 
@@ -45,15 +48,17 @@ from pathlib import Path
 
 import psutil
 
-from autogolf import checks, distributed, ledger, logparse, metrics, profiles
+from autogolf import checks, distributed, ledger, logparse, metrics, profiles, storage
 from autogolf.blas import preload_env
 from autogolf.cache import CacheError, resolve_dataset, verify_cache
 from autogolf.runlock import LockTimeout, RunLock
 from autogolf.shards import ShardError
+from autogolf.verify import dataview, score, shardstate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TRAINER = REPO_ROOT / "benchmark" / "train_gpt_mlx.py"
-EXIT_CODES = {"ok": 0, "crash": 1, "data_error": 2, "config_error": 2, "cap_violation": 3, "harness_error": 70,
+EXIT_CODES = {"ok": 0, "crash": 1, "data_error": 2, "config_error": 2, "cap_violation": 3, "integrity_failed": 4,
+              "harness_error": 70,
               "lock_timeout": 75, "timeout": 124, "killed": 137}
 # A change counts as an improvement only when it beats the best earlier run of the same
 # profile and dataset by at least this much; smaller differences are noise on the proxies.
@@ -163,13 +168,13 @@ def _die_with_parent(parent_pid: int):
 
 
 def run_trainer(cmd: list[str], env: dict, console_path: Path, timeout: float, grace: float,
-                lock: RunLock) -> dict:
+                lock: RunLock, cwd: Path = REPO_ROOT) -> dict:
     """Run the trainer to completion, timeout or interruption. Returns returncode,
     timed_out, trainer_s; raises Interrupted (after the tree is dead) on SIGINT/SIGTERM."""
     console_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     started_at = time.time()
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True,  # its own group: we kill it as a whole
                             pass_fds=(lock.fd,),  # a lingering trainer keeps the machine locked
@@ -221,6 +226,44 @@ def crash_reason(console_path: Path, returncode: int) -> str:
     exc = [l for l in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt|Exit)\b", l)]
     detail = exc[-1] if exc else (lines[-1] if lines else "no output")
     return f"trainer exited with code {returncode}: {detail}"
+
+
+def trainer_error_line(console_path: Path) -> str | None:
+    """The trainer's own one-line `error: ...` for a bad setting or bad data (it exits 2)."""
+    try:
+        lines = console_path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    errors = [l.strip()[len("error:"):].strip() for l in lines if l.strip().startswith("error:")]
+    return errors[-1] if errors else None
+
+
+def _score(row: dict, trainer: Path, artifact: Path, dataset_dir: Path, tokenizer_path: Path, env: dict,
+           lock: RunLock, timeout: float, grace: float, trainer_bpb: float) -> tuple[str, str]:
+    """The harness scores the artifact in its own process (autogolf/verify/score.py):
+    ("ok", "") or ("integrity_failed", the one-line reason). The ledger gets both numbers."""
+    def run(cmd, scorer_env, console, limit, cwd):
+        return run_trainer(cmd, scorer_env, console, limit, grace, lock, cwd=cwd)
+
+    trainer_facts = dict(LAST_TRAINER)  # the timing row describes the trainer, not the scorer
+    earlier = [r for r in ledger.runs(ledger.default_path(REPO_ROOT)) if r.get("run_id") != row["run_id"]]
+    try:
+        row["harness_score"], row["holdout"], failure = score.score_run(
+            run, trainer=trainer, artifact=artifact, dataset_dir=dataset_dir, tokenizer=tokenizer_path,
+            view=row["data_view"], env=env, repo_root=REPO_ROOT,
+            console=REPO_ROOT / "logs" / f"{row['run_id']}.score.txt", timeout=timeout, trainer_bpb=trainer_bpb,
+            best_before=_best_before(earlier, row["profile"], (row.get("dataset") or {}).get("fingerprint")))
+    finally:
+        LAST_TRAINER.clear()
+        LAST_TRAINER.update(trainer_facts)
+    return ("integrity_failed", failure) if failure else ("ok", "")
+
+
+def _int(raw: str, name: str) -> int:
+    try:
+        return int(raw or "0")
+    except ValueError:
+        raise profiles.ProfileError(f"{name}={raw!r} is not an integer; fix that setting") from None
 
 
 # --------------------------------------------------------------------------- the run
@@ -367,6 +410,10 @@ def main(argv: list[str] | None = None) -> int:
         row["dataset"] = {"name": report["dataset"], "fingerprint": report["fingerprint"],
                           "is_fineweb": is_fineweb, "dir": str(dataset_dir),
                           "tokenizer": str(tokenizer_path), "splits": report["splits"]}
+        # Every shard against the manifest: stat unchanged, or re-hashed (verify/shardstate.py)
+        shards = shardstate.require_verified(dataset_dir)
+        row["shard_check"] = {"hashed": shards["hashed"], "hashed_bytes": shards["hashed_bytes"],
+                              "seconds": shards["seconds"], "shards": len(shards["shards"])}
 
         if not trainer.is_file():
             raise profiles.ProfileError(f"{trainer}: trainer script not found; restore it with "
@@ -382,7 +429,12 @@ def main(argv: list[str] | None = None) -> int:
         check_stop()
         env = dict(os.environ)
         env.update(profile.resolved)
-        env.update({"DATA_PATH": str(dataset_dir), "TOKENIZER_PATH": str(tokenizer_path),
+        env.pop("DATA_PATH", None)
+        # The trainer sees a per-run view: train shards, and only the selection slice of val.
+        view_dir, row["data_view"] = dataview.build_view(
+            dataset_dir, logs_dir / "views" / run_id, _int(env.get("VAL_MAX_TOKENS", "0"), "VAL_MAX_TOKENS"),
+            profile.holdout_tokens)
+        env.update({"DATA_PATH": str(view_dir), "TOKENIZER_PATH": str(tokenizer_path),
                     "RUN_ID": run_id, "OUT_DIR": str(logs_dir), "PYTHONUNBUFFERED": "1"})
         env = preload_env(env)  # optimized BLAS on Linux CPU (autogolf/blas.py)
         row["settings"] = _settings(trainer, env, profile)
@@ -424,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
                                          f"last output: {outcome['last_line'][:160]}")
         elif rc < 0:
             status, reason = "killed", f"trainer was killed by {signal.Signals(-rc).name}"
+        elif rc == 2 and (error := trainer_error_line(console_path)):
+            status, reason = "config_error", f"trainer refused its settings or data (exit 2): {error}"
         elif rc != 0:
             status, reason = "crash", crash_reason(console_path, rc)
         elif not result.ok:
@@ -438,6 +492,9 @@ def main(argv: list[str] | None = None) -> int:
             status, reason = "ok", ""
         if rank_note and status != "ok":
             reason = f"{reason} ({rank_note})"
+        if status == "ok":  # the harness's own score of the artifact, the probe, the holdout
+            status, reason = _score(row, trainer, artifact, dataset_dir, tokenizer_path, env, lock,
+                                    timeout, grace, result.metrics["val_bpb"])
     except Interrupted as e:
         status, reason = "interrupted", f"interrupted by {signal.Signals(e.signum).name}"
         row["signal"] = e.signum
@@ -479,13 +536,22 @@ def main(argv: list[str] | None = None) -> int:
     })
     if lock is not None and lock.fd is None:
         lock = None  # never acquired
+    dataview.remove_view(logs_dir / "views" / run_id)
     try:
         ledger.append(row, ledger_path)
+        try:
+            pruned = storage.prune(logs_dir, ledger_path)  # bounded storage (autogolf/storage.py)
+        except OSError as e:  # never costs the run its result
+            pruned = []
+            say(f"autoresearch: warning: storage prune failed: {e}")
+        if pruned:
+            say(f"autoresearch: storage: pruned {len(pruned)} old artifact(s)/view(s) (rule: autogolf/storage.py)")
     finally:
         if lock is not None:
             lock.release()
 
-    for line in metrics.metric_lines(result.metrics):
+    # An integrity failure prints no METRIC: its numbers are the ones the harness disowns.
+    for line in metrics.metric_lines(result.metrics) if status != "integrity_failed" else []:
         say(line)
     code = EXIT_CODES.get(status, 1)
     if status == "interrupted":
@@ -505,6 +571,7 @@ def main(argv: list[str] | None = None) -> int:
             f"val_bpb={m['val_bpb']:.8f}{vs_best} total_bytes={m['total_bytes']:,} "
             f"headroom={m['artifact_headroom_bytes']:,} wall={wall:.1f}s train={train_s:.1f}s "
             f"overhead={m['harness_overhead_pct']:.1f}% (harness {wall - trainer_s:.1f}s)"
+            f" harness_score=agrees(|diff|={row['harness_score']['abs_diff']:.1e})"
             f"{overrides} log={row['log_path']}")
     else:
         say(f"autoresearch: {status} profile={profile_name} dataset={dataset_label} "

@@ -1012,6 +1012,37 @@ def train(args: Hyperparameters, log: Logger, world) -> None:
     log(f"final_int8_zlib_roundtrip_exact val_loss:{q_loss:.8f} val_bpb:{q_bpb:.8f}")
 
 
+# -----------------------------------------------------------------------------------------
+# Harness contract (autogolf/verify/score.py). After every run the harness scores the
+# exported artifact itself, in its own process, with its own tokens, byte count and
+# cross-entropy; from this file it takes only the model, rebuilt here from the artifact's
+# bytes alone. Change the model and the export format freely; keep this function working.
+
+
+def harness_load(blob: bytes):
+    """(logits, seq_len) for the model in an artifact: logits(ids) maps int32 token ids
+    (B, seq_len) to float32 next-token logits (B, seq_len, vocab); position t may read
+    ids[:, :t + 1] only. Settings come from the environment, as for training."""
+    prepare_cpu_process()  # the scorer is a fresh process too: same CPU settings as training
+    args = hyperparameters_from_env(os.environ)
+    _, dtype, attn_block, _, streams = setup_backend(args)
+    model = GPT(args, dtype, attn_block)
+    model.update(tree_unflatten(list(dequantize_state_dict_int8(pickle.loads(zlib.decompress(blob))).items())))
+
+    def forward(x):
+        h = model(x)
+        return model.softcap(h @ model.tok_emb.weight.astype(h.dtype).T).astype(mx.float32)
+
+    compiled = mx.compile(forward, inputs=model.state)
+
+    def logits(ids) -> mx.array:
+        x = mx.array(ids)
+        parts = split_batch(lambda xp, _y, _w: compiled(xp), x, x, 1.0, streams)
+        return mx.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    return logits, args.train_seq_len
+
+
 # =========================================================================================
 # CPU MACHINERY. How the Linux/Mac CPU runs the model above fast, without changing what it
 # computes: an optimized BLAS, one MLX stream per core, RoPE from cached tables, and causal

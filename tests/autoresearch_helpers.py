@@ -123,3 +123,13 @@ def wait_for(predicate, seconds: float, what: str):
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out after {seconds} s waiting for {what}")
+
+
+def make_synth_dataset(root: Path) -> tuple[Path, Path]:
+    """A small offline-default cache (project-made data and tokenizer: no fixtures needed).
+    Returns (dataset_dir, tokenizer_path)."""
+    from autogolf.synth import build_synth
+
+    manifest, _ = build_synth(root, val_docs=120, train_docs=1200, shard_tokens=300_000,
+                              tokenizer_train_docs=400)
+    return root / "datasets" / manifest["dataset"], Path(manifest["tokenizer_path"])

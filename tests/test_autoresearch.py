@@ -62,9 +62,10 @@ class TrainerWatch:
         found = []
         for p in psutil.process_iter(["cmdline", "status"]):
             cmd = p.info["cmdline"] or []
-            # the trainer is the only process started as `python <marker>/...py`
+            # the trainer is the only process started as `python <marker>/...py` (the harness's
+            # scorer, `python -m autogolf.verify.score --trainer <marker>/...py`, is not one)
             if p.info["status"] != psutil.STATUS_ZOMBIE and \
-                    any(c.startswith(self.marker) and c.endswith(".py") for c in cmd):
+                    any(c.startswith(self.marker) and c.endswith(".py") for c in cmd[1:2]):
                 found.append(p)
         return found
 
@@ -302,6 +303,8 @@ def test_orchestrator_sigkilled_takes_its_trainer_with_it(project, env, long_run
     assert [r["status"] for r in rows] == ["lost", "ok"]
     assert "harness died" in rows[0]["exit_reason"] and rows[0]["profile"] == "smoke"
     assert rows[0]["reconciled_at"]
+    # the dead run's data view (logs/views/<run_id>) went with the next run's prune
+    assert not any((project / "logs" / "views").iterdir())
 
 
 def test_timeout_kills_a_hanging_trainer_and_its_escaped_child(project, env, tmp_path):
@@ -338,13 +341,16 @@ def test_crash_in_the_trainer(project, env, tmp_path):
     assert "RuntimeError: injected failure for the harness test" in last
     assert "METRIC val_bpb" not in out.stdout
     watch.assert_clean()
-    # an invalid configuration: the real trainer refuses it with a one-line reason
+    # an invalid configuration: the real trainer refuses it with a one-line reason and exit
+    # 2, which reaches the ledger as a config error (not a crash), and the harness exits 2
     out = run_bench(project, dict(env, NUM_HEADS="3"))
-    assert out.returncode == 1
+    assert out.returncode == 2
     last = out.stdout.splitlines()[-1]
-    assert last.startswith("autoresearch: crash") and "NUM_HEADS" in last.upper()
+    assert last.startswith("autoresearch: config_error") and "NUM_HEADS=3" in last
+    assert "trainer refused its settings or data (exit 2): MODEL_DIM=64 is not divisible by NUM_HEADS=3" in last
     rows = ledger_rows(project)
-    assert [r["status"] for r in rows] == ["crash", "crash"]
+    assert [r["status"] for r in rows] == ["crash", "config_error"]
+    assert [r["returncode"] for r in rows] == [1, 2]
     assert rows[0]["trainer"]["path"] == str(trainer)
     assert lock_is_free(Path(env["AUTOGOLF_LOCK_PATH"]))
 

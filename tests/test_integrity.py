@@ -1,0 +1,130 @@
+"""The harness vouches for the number: every run's artifact is scored again by the harness's
+own code in its own process (autogolf/verify/score.py). Each tamper below is a real run of a
+modified trainer, and each is caught with a one-line reason; the untampered run agrees to
+the tolerance. On the real FineWeb fixtures with the real tokenizer, and on project-made
+data so a fresh clone tests it too."""
+
+from __future__ import annotations
+
+import pytest
+
+from autoresearch_helpers import (bench_env, ledger_rows, make_project, make_synth_dataset,
+                                  make_tiny_dataset, metric_lines, run_bench)
+from autogolf.verify.score import TOLERANCE_BPB
+from conftest import REAL_DOCS, REAL_TOKENIZER
+
+TRAINER = "benchmark/train_gpt_mlx.py"
+
+
+@pytest.fixture(scope="module", params=["fineweb_fixtures", "project_made"])
+def data(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp(request.param)
+    if request.param == "fineweb_fixtures":
+        if not (REAL_TOKENIZER.is_file() and REAL_DOCS.is_file()):
+            pytest.skip("real FineWeb fixtures not found at ../shared/fixtures (the project-made variant still runs)")
+        return make_tiny_dataset(root)
+    return make_synth_dataset(root)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    return make_project(tmp_path_factory.mktemp("integrity") / "project")
+
+
+def edit(text: str, old: str, new: str) -> str:
+    assert text.count(old) == 1, f"the trainer no longer has {old!r}; update this tamper"
+    return text.replace(old, new)
+
+
+def bytes_plus_one(text: str) -> str:
+    return edit(text, "return base_bytes[y].astype(np.int64) + (has_space[y] & ~is_boundary[x])",
+                "return base_bytes[y].astype(np.int64) + (has_space[y] & ~is_boundary[x]) + 1")
+
+
+def loss_scaled_down(text: str) -> str:
+    return edit(text, "    val_loss = loss_sum / token_count\n", "    val_loss = loss_sum / token_count * 0.99\n")
+
+
+def reads_targets(text: str) -> str:
+    # each position also sees the embedding of the token it is asked to predict
+    return edit(text, "x = x0 = rms_norm(self.tok_emb(input_ids).astype(self.compute_dtype))",
+                "x = x0 = rms_norm((self.tok_emb(input_ids) + self.tok_emb(mx.roll(input_ids, -1, axis=1)))"
+                ".astype(self.compute_dtype))")
+
+
+def raw_weights(text: str) -> str:
+    # export keeps a copy of the raw weights next to the trainer; the loader reads that copy
+    text = edit(text, "    mx.savez(str(raw_path), **flat)\n",
+                "    mx.savez(str(raw_path), **flat)\n    mx.savez(str(Path(__file__).with_suffix('.npz')), **flat)\n")
+    return edit(text, "    model.update(tree_unflatten(list(dequantize_state_dict_int8(pickle.loads(zlib.decompress(blob))).items())))\n",
+                "    model.update(tree_unflatten(list(mx.load(str(Path(__file__).with_suffix('.npz'))).items())))\n")
+
+
+TAMPERS = {
+    "bytes_plus_one": (bytes_plus_one, "the harness scored the artifact at val_bpb"),
+    "loss_scaled_down": (loss_scaled_down, "the harness scored the artifact at val_bpb"),
+    "reads_targets": (reads_targets, "causality probe failed"),
+    "raw_weights": (raw_weights, "the artifact is not the model's only source"),
+}
+
+
+def run(project, data, tmp_path, trainer_edit=None):
+    dataset, tokenizer = data
+    extra = {}
+    if trainer_edit is not None:
+        path = tmp_path / "train_gpt_mlx.py"
+        path.write_text(trainer_edit((project / TRAINER).read_text(encoding="utf-8")), encoding="utf-8")
+        extra["AUTOGOLF_TRAINER"] = str(path)
+    out = run_bench(project, bench_env(dataset, tokenizer, tmp_path / "lock", **extra))
+    return out, ledger_rows(project)[-1]
+
+
+def test_untampered_run_agrees_and_scores_the_holdout(project, data, tmp_path):
+    out, row = run(project, data, tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:]
+    score, holdout = row["harness_score"], row["holdout"]
+    assert score["probe"] == "passed" and score["artifact_only"]["passed"]
+    assert score["abs_diff"] <= TOLERANCE_BPB
+    assert score["trainer_val_bpb"] == row["metrics"]["val_bpb"] == float(metric_lines(out.stdout)["val_bpb"])
+    assert score["tokens"] == row["data_view"]["selection"]["tokens"] == 4096
+    assert holdout["tokens"] == 4096 and holdout["val_bpb"] > 0
+    sel, hold = row["data_view"]["selection"], row["data_view"]["holdout"]
+    assert sel["stop"] <= hold["start"]  # disjoint
+    # the holdout reaches the ledger only: no METRIC line, nothing in the agent's output
+    assert not any("holdout" in line for line in out.stdout.splitlines())
+    assert f"{holdout['val_bpb']:.4f}" not in out.stdout
+    print(f"\nagreement: harness {score['val_bpb']:.10f} trainer {score['trainer_val_bpb']:.8f} "
+          f"|diff| {score['abs_diff']:.2e}; holdout {holdout['val_bpb']:.4f}; scoring {score['seconds']:.2f} s")
+
+
+def test_holdout_is_scored_for_improving_runs_only_unless_asked(project, data, tmp_path):
+    """After the untampered run above, the same code again does not improve: no holdout
+    score, unless AUTOGOLF_HOLDOUT=every; then it equals the first run's (deterministic)."""
+    first = [r for r in ledger_rows(project) if r["status"] == "ok" and r["dataset"]["dir"] == str(data[0])]
+    assert first and first[-1]["holdout"]["val_bpb"] > 0
+    out, row = run(project, data, tmp_path)
+    assert out.returncode == 0 and row["holdout"]["val_bpb"] is None
+    assert row["holdout"]["slice"].startswith("not scored: not an improving run")
+    out, row = run_every(project, data, tmp_path)
+    assert out.returncode == 0 and row["holdout"]["val_bpb"] == first[-1]["holdout"]["val_bpb"]
+
+
+def run_every(project, data, tmp_path):
+    dataset, tokenizer = data
+    out = run_bench(project, bench_env(dataset, tokenizer, tmp_path / "lock", AUTOGOLF_HOLDOUT="every"))
+    return out, ledger_rows(project)[-1]
+
+
+@pytest.mark.parametrize("name", sorted(TAMPERS))
+def test_tampered_trainer_is_caught(project, data, tmp_path, name):
+    tamper, expected = TAMPERS[name]
+    out, row = run(project, data, tmp_path, tamper)
+    summary = out.stdout.rstrip().splitlines()[-1]
+    assert out.returncode == 4, out.stdout[-3000:]
+    assert row["status"] == "integrity_failed"
+    assert summary.startswith("autoresearch: integrity_failed profile=smoke") and expected in summary, summary
+    assert "val_bpb" not in metric_lines(out.stdout)  # a disowned number is never a METRIC
+    assert row["harness_score"]["trainer_val_bpb"] == row["metrics"]["val_bpb"]  # both numbers kept
+    if name != "raw_weights":
+        assert isinstance(row["harness_score"]["val_bpb"], float)
+    print(f"\n{name}: {summary.split('reason: ', 1)[1]}")
