@@ -17,12 +17,12 @@ TRAINER = "benchmark/train_gpt_mlx.py"
 
 
 @pytest.fixture(scope="module", params=["fineweb_fixtures", "project_made"])
-def data(request, tmp_path_factory):
+def data(request, tmp_path_factory, corpus):
     root = tmp_path_factory.mktemp(request.param)
     if request.param == "fineweb_fixtures":
         if not (REAL_TOKENIZER.is_file() and REAL_DOCS.is_file()):
             pytest.skip("real FineWeb fixtures not found at ../shared/fixtures (the project-made variant still runs)")
-        return make_tiny_dataset(root)
+        return make_tiny_dataset(root, corpus)
     return make_synth_dataset(root)
 
 
@@ -54,8 +54,9 @@ def reads_targets(text: str) -> str:
 
 def raw_weights(text: str) -> str:
     # export keeps a copy of the raw weights next to the trainer; the loader reads that copy
-    text = edit(text, "    mx.savez(str(raw_path), **flat)\n",
-                "    mx.savez(str(raw_path), **flat)\n    mx.savez(str(Path(__file__).with_suffix('.npz')), **flat)\n")
+    line = next(l for l in text.splitlines(keepends=True) if l.strip() == "mx.savez(str(raw_path), **flat)")
+    indent = line[:len(line) - len(line.lstrip())]
+    text = edit(text, line, f"{line}{indent}mx.savez(str(Path(__file__).with_suffix('.npz')), **flat)\n")
     return edit(text, "    model.update(tree_unflatten(list(dequantize_state_dict_int8(pickle.loads(zlib.decompress(blob))).items())))\n",
                 "    model.update(tree_unflatten(list(mx.load(str(Path(__file__).with_suffix('.npz'))).items())))\n")
 
