@@ -979,8 +979,8 @@ def harness_load(blob: bytes):
     ids[:, :t + 1] only. Settings come from the environment, as for training."""
     prepare_cpu_process()  # the scorer is a fresh process too: same CPU settings as training
     args = hyperparameters_from_env(os.environ)
-    _, dtype, attn_block, _, streams = setup_backend(args)
-    model = GPT(args, dtype, attn_block)
+    _, dtype, attn_block, cpu, _, streams = setup_backend(args)
+    model = GPT(args, dtype, attn_block, cpu_rope=cpu)
     model.update(tree_unflatten(list(dequantize_state_dict_int8(pickle.loads(zlib.decompress(blob))).items())))
 
     def forward(x):
