@@ -22,7 +22,8 @@ def data(request, tmp_path_factory):
     if request.param == "fineweb_fixtures":
         if not (REAL_TOKENIZER.is_file() and REAL_DOCS.is_file()):
             pytest.skip(f"real FineWeb fixtures not found at {FIXTURES} (the project-made variant still runs)")
-        return make_tiny_dataset(root)
+        from conftest import Corpus  # the real tokenizer and documents
+        return make_tiny_dataset(root, Corpus(REAL_TOKENIZER, REAL_DOCS, real=True))
     return make_synth_dataset(root)
 
 
