@@ -289,6 +289,13 @@ def _call(gain: float, change: float | None, noise: Noise | None, n: int, n_best
     return {**out, "call": "discard", "reason": reason + (f", {speed}" if speed else "")}
 
 
+def not_judged(reason: str) -> dict:
+    """The verdict on a run that produced no result (crash, timeout, bad setting...)."""
+    return {"call": "discard", "delta": None, "noise": None, "noise_df": None, "threshold": None,
+            "min_improvement": MIN_IMPROVEMENT_BPB, "throughput_change": None, "repeats": 1,
+            "compared_with": None, "reason": reason}
+
+
 def format_line(verdict: dict) -> str:
     def num(value, fmt):
         return "n/a" if value is None else format(value, fmt)
