@@ -82,9 +82,17 @@ def test_a_gain_bought_with_a_2x_slower_step_is_flagged():
 
 
 def test_unchanged_bpb_with_a_faster_step_is_kept_and_unknown_noise_is_inconclusive():
+    steady = [run_row(f"s{i}", "base", 2.0 + 0.0005 * i, group="s", seed=i, tok_s=t,
+                      checks=True if i == 2 else None) for i, t in enumerate((1000.0, 1010.0, 990.0))]
+    v = judge(steady, [run_row("c0", "cand", 2.001, tok_s=1200.0, checks=None)])
+    assert v["call"] == "keep" and "+20%" in v["reason"], v
+    # the same +20% where tok_s itself swings by 30% between runs of one code: not yet a keep
+    swinging = [dict(r, metrics=dict(r["metrics"], tok_s=t)) for r, t in zip(steady, (700.0, 1000.0, 1300.0))]
+    v = judge(swinging, [run_row("c0", "cand", 2.001, tok_s=1200.0, checks=None)])
+    assert v["call"] == "inconclusive" and "REPEATS=3" in v["reason"], v
     base = [run_row("b0", "base", 2.0)]
     v = judge(base, [run_row("c0", "cand", 2.001, tok_s=1200.0, checks=None)])
-    assert v["call"] == "keep" and "+20%" in v["reason"], v
+    assert v["call"] == "inconclusive", v  # no measured spread of tok_s at all
     v = judge(base, [run_row("c1", "cand", 1.99, checks=None)])
     assert v["call"] == "inconclusive" and "REPEATS=3" in v["reason"] and v["noise"] is None, v
     assert judge(base, [run_row("c2", "cand", 2.01, checks=None)])["call"] == "discard"

@@ -23,6 +23,7 @@ The call, with gain = best - this (positive = better), se = the noise of that di
 and t the two-sided 95% Student-t factor for the noise floor's degrees of freedom:
   keep          gain >= max(MIN_IMPROVEMENT, t*se) and throughput fell by at most 15%
   keep          |gain| < max(MIN_IMPROVEMENT, t*se) and throughput rose by more than 10%
+                and beyond its own measured noise (the spread of tok_s between repeats)
   discard       a gain under 0.005 bought with a throughput drop of more than 15%
   inconclusive  a gain of at least MIN_IMPROVEMENT that is within the noise, or with an
                 unknown noise floor (says how many REPEATS would settle it); a larger gain
@@ -147,12 +148,15 @@ class Noise:
     df: int  # degrees of freedom of the estimate
     runs: int
     trainer_hashes: int
+    tok_sd: float | None = None  # sd of ln(tok_s) of one run (machine load moves it)
+    tok_df: int = 0
 
 
 def noise_floor(runs: list[dict], key: str) -> Noise | None:
     """Pooled sd of val_bpb over runs of one trainer hash in the comparable set `key`
     (ok runs whose checks did not fail); None with fewer than one degree of freedom."""
     by_hash: dict[str, set] = {}
+    speeds: dict[str, list] = {}
     for run in runs:
         value = _finite((run.get("metrics") or {}).get("val_bpb"))
         sha = (run.get("trainer") or {}).get("sha256")
@@ -161,6 +165,9 @@ def noise_floor(runs: list[dict], key: str) -> Noise | None:
             continue
         seed = (run.get("settings") or {}).get("SEED", "default")
         by_hash.setdefault(sha, set()).add((seed, value))  # a deterministic rerun counts once
+        tok_s = _finite((run.get("metrics") or {}).get("tok_s"))
+        if tok_s and tok_s > 0:
+            speeds.setdefault(sha, []).append(math.log(tok_s))
     squares, df, count, hashes = 0.0, 0, 0, 0
     for pairs in by_hash.values():
         values = [v for _, v in pairs]
@@ -173,7 +180,14 @@ def noise_floor(runs: list[dict], key: str) -> Noise | None:
         hashes += 1
     if df < 1:
         return None
-    return Noise(sd=math.sqrt(squares / df), df=df, runs=count, trainer_hashes=hashes)
+    tok_sq, tok_df = 0.0, 0
+    for logs in speeds.values():
+        if len(logs) > 1:
+            mean = sum(logs) / len(logs)
+            tok_sq += sum((v - mean) ** 2 for v in logs)
+            tok_df += len(logs) - 1
+    return Noise(sd=math.sqrt(squares / df), df=df, runs=count, trainer_hashes=hashes,
+                 tok_sd=math.sqrt(tok_sq / tok_df) if tok_df else None, tok_df=tok_df)
 
 
 # --------------------------------------------------------------------------- kept runs
@@ -219,6 +233,15 @@ def _repeats_needed(gain: float, noise: Noise, n_best: int) -> int | None:
     return None
 
 
+def _beyond_speed_noise(change: float, noise: Noise | None, n: int, n_best: int) -> bool:
+    """A throughput gain counts only beyond the measured run-to-run spread of tok_s (a
+    loaded machine moves it by tens of percent); unknown spread: it does not count."""
+    if noise is None or noise.tok_sd is None:
+        return False
+    se = noise.tok_sd * math.sqrt(median_variance_factor(n) + median_variance_factor(n_best))
+    return math.log1p(change) > t_factor(noise.tok_df) * se
+
+
 def decide(current: Experiment, history: list[Experiment], noise: Noise | None,
            kept: set[str]) -> dict:
     """The verdict dict for `current` (see the module doc for the rules)."""
@@ -252,7 +275,7 @@ def decide(current: Experiment, history: list[Experiment], noise: Noise | None,
 
 def _call(gain: float, change: float | None, noise: Noise | None, n: int, n_best: int) -> dict:
     slower = change is not None and change < -SLOWDOWN_LIMIT
-    faster = change is not None and change > SPEEDUP_KEEP
+    faster = change is not None and change > SPEEDUP_KEEP and _beyond_speed_noise(change, noise, n, n_best)
     speed = "" if change is None else f"throughput {change:+.0%}"
     threshold = None
     if noise is not None:
@@ -273,6 +296,9 @@ def _call(gain: float, change: float | None, noise: Noise | None, n: int, n_best
     if abs(gain) < band and faster:
         return {**out, "call": "keep", "reason": f"val_bpb unchanged within "
                 f"{'the noise' if threshold else 'the minimum improvement'} and {speed}"}
+    if abs(gain) < band and change is not None and change > SPEEDUP_KEEP:
+        return {**out, "call": "inconclusive", "reason": f"val_bpb unchanged and {speed}, but tok_s "
+                f"moves that much between runs of one code (or its spread is unknown): REPEATS=3 settles it"}
     if gain >= MIN_IMPROVEMENT_BPB:
         if noise is None:
             return {**out, "call": "inconclusive", "reason": f"better by {gain:.4f}, but the noise "
