@@ -141,6 +141,8 @@ def _parse_args(argv):
     parser.add_argument("--write", action="store_true",
                         help="store the chosen budget in logs/machine.json (default without --tiny: yes)")
     parser.add_argument("--dry-run", action="store_true", help="never write the machine file")
+    parser.add_argument("--machine-file", type=Path, default=None,
+                        help="where --write stores the choice (default logs/machine.json, the file runs read)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per trainer run (default 1800)")
     return parser.parse_args(argv)
 
@@ -210,10 +212,10 @@ def report(args, names, budgets, reference, results, out_dir: Path) -> int:
           f"(spearman {choice['spearman']}, {choice['minutes']} min for K={len(ok)}); "
           f"findings in {out_dir.relative_to(REPO_ROOT)}/calibration.json")
     if (args.write or not args.tiny) and not args.dry_run:
-        path = budget.machine_path(REPO_ROOT)
+        path = args.machine_file or budget.machine_path(REPO_ROOT)
         budget.write_machine_choice(path, args.profile, choice["tokens"], finding)
-        print(f"calibrate: wrote {path.relative_to(REPO_ROOT)}: every {args.profile} run now trains on "
-              f"{choice['tokens']} tokens here (delete the file to return to the profile's)")
+        print(f"calibrate: wrote {path}: {args.profile} runs reading it train on {choice['tokens']} "
+              f"tokens on this machine (delete it to return to the profile's budget)")
     return 0
 
 
