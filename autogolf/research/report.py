@@ -106,11 +106,11 @@ def draw(groups: dict, kept: set[str], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     keys = sorted(groups)
-    fig, axes = plt.subplots(2, len(keys), figsize=(5.5 * len(keys), 7), squeeze=False,
+    fig, axes = plt.subplots(2, len(keys), figsize=(max(9.0, 5.5 * len(keys)), 7.5), squeeze=False,
                              gridspec_kw={"height_ratios": [3, 1.3]})
     for col, key in enumerate(keys):
         _draw_profile(axes[0][col], axes[1][col], key, groups[key], kept)
-    fig.suptitle("autogolf progress (val_bpb after the int8+zlib round trip; lower is better)")
+    fig.suptitle("autogolf progress: val_bpb after the int8+zlib round trip (lower is better)", fontsize=11)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -147,7 +147,7 @@ def _draw_profile(ax, ax_size, key: tuple, exps: list[verdict.Experiment], kept:
     ax.set_title(f"{key[0]} on {key[1]}: {len(exps)} experiments")
     ax.set_ylabel("val_bpb")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="best", framealpha=0.6)
     sizes = [(x, (e.members[-1].get("metrics") or {}).get("total_bytes")) for x, e in zip(xs, exps)]
     sizes = [(x, s / 1e6) for x, s in sizes if isinstance(s, (int, float))]
     if sizes:
