@@ -4,16 +4,11 @@ writer, with "kept" decided by a real git history."""
 from __future__ import annotations
 
 import struct
-import subprocess
-from pathlib import Path
 
 from autogolf import ledger
 from autogolf.ledger import file_sha256
 from autogolf.research import report
-
-
-def _git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+from test_verdict import _git, trainer_repo
 
 
 def _row(run_id, profile, sha, val, status="ok", holdout=None, total=1_500_000, group=None):
@@ -29,12 +24,7 @@ def _row(run_id, profile, sha, val, status="ok", holdout=None, total=1_500_000, 
 
 
 def test_report_table_png_and_html(tmp_path, capsys):
-    repo = tmp_path / "repo"
-    (repo / "benchmark").mkdir(parents=True)
-    _git(repo, "init", "-q")
-    _git(repo, "config", "user.email", "t@t")
-    _git(repo, "config", "user.name", "t")
-    trainer = repo / "benchmark" / "train_gpt_mlx.py"
+    repo, trainer = trainer_repo(tmp_path)
     trainer.write_text("v1\n")
     _git(repo, "add", "-A")
     _git(repo, "commit", "-qm", "v1")

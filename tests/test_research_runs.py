@@ -10,28 +10,10 @@ import subprocess
 
 import pytest
 
-from autoresearch_helpers import bench_env, git, ledger_rows, make_project, make_tiny_dataset, \
-    metric_lines, run_bench
-from conftest import require_fixtures
+from autoresearch_helpers import git, ledger_rows, metric_lines, run_bench
+from test_autoresearch import env, project, tiny_data  # noqa: F401 (fixtures)
 from autogolf import profiles
 from autogolf.research import budget
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    require_fixtures()
-    return make_tiny_dataset(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture
-def project(tmp_path):
-    return make_project(tmp_path / "project")
-
-
-@pytest.fixture
-def env(tiny_data, tmp_path):
-    dataset, tokenizer = tiny_data
-    return bench_env(dataset, tokenizer, tmp_path / "machine.lock")
 
 
 def run_checks(project) -> None:

@@ -169,13 +169,18 @@ def _git(repo: Path, *args: str) -> None:
     subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
 
 
-def test_kept_means_committed_in_the_history_of_head(tmp_path):
-    repo = tmp_path / "repo"
+def trainer_repo(root: Path) -> tuple[Path, Path]:
+    """A fresh git repository with a benchmark/ folder: (repo, its trainer path)."""
+    repo = root / "repo"
     (repo / "benchmark").mkdir(parents=True)
     _git(repo, "init", "-q")
     _git(repo, "config", "user.email", "t@t")
     _git(repo, "config", "user.name", "t")
-    trainer = repo / "benchmark" / "train_gpt_mlx.py"
+    return repo, repo / "benchmark" / "train_gpt_mlx.py"
+
+
+def test_kept_means_committed_in_the_history_of_head(tmp_path):
+    repo, trainer = trainer_repo(tmp_path)
     shas = []
     for version in ("baseline = 1\n", "kept change = 2\n"):
         trainer.write_text(version)
