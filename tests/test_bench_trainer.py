@@ -50,7 +50,8 @@ def check_consistent(out: str, names: list[str]) -> dict[str, dict]:
         assert tok_s > 0 and peak > 0 and int(row["steps"]) >= 1
         # GFLOP/s is FLOPs per token times tok/s, to the printed rounding
         assert gflop_s == pytest.approx(total * tok_s / 1e9, rel=1e-3, abs=2e-3)
-        assert float(row["ratio"]) == pytest.approx(gflop_s / peak, rel=1e-3, abs=1e-4)
+        # the peak is printed to 0.1 GFLOP/s: allow for that rounding in the ratio
+        assert float(row["ratio"]) == pytest.approx(gflop_s / peak, rel=1e-3 + 0.05 / peak, abs=1e-4)
         # the human table shows the same figures
         assert float(table[name]["tok_s"]) == pytest.approx(tok_s, abs=0.1)
         assert float(table[name]["gflop_s"]) == pytest.approx(gflop_s, abs=0.01)

@@ -230,61 +230,131 @@ def test_lut_byte_count_equals_decoded_utf8_length(trainer, sp):
     assert counted == independent_target_bytes(sp, stream)
 
 
-def reference_causal_attention(q, k, v):
-    """float64 numpy: q (B, T, H, hd) pre-scaled, k, v (B, T, KV, hd); GQA by repetition."""
-    B, T, H, hd = q.shape
-    group = H // k.shape[2]
-    k, v = np.repeat(k, group, axis=2), np.repeat(v, group, axis=2)
-    s = np.einsum("bthd,bshd->bhts", q, k)
-    s = np.where(np.tril(np.ones((T, T), bool)), s, -np.inf)
+def reference_attention(q, k, v, scale, keep=None, transform=None):
+    """float64 numpy: q (B, H, T, hd), k, v (B, KV, T, hd); GQA by repetition; keep (T, T)
+    bool (default causal); transform applied to the scaled scores. Returns (B, T, H * hd)."""
+    B, H, T, hd = q.shape
+    group = H // k.shape[1]
+    k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
+    s = np.einsum("bhtd,bhsd->bhts", q, k) * scale
+    s = transform(s) if transform else s
+    s = np.where(np.tri(T, dtype=bool) if keep is None else keep, s, -np.inf)
     p = np.exp(s - s.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
-    return np.einsum("bhts,bshd->bthd", p, v).reshape(B, T, H * hd)
+    return np.einsum("bhts,bhsd->bthd", p, v).reshape(B, T, H * hd)
+
+
+def random_qkv(seed: int, B: int, T: int, H: int, KV: int, hd: int = 16):
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=s).astype(np.float32) for s in [(B, H, T, hd), (B, KV, T, hd), (B, KV, T, hd)])
 
 
 @pytest.mark.parametrize("T,block,H,KV", [(64, 16, 4, 2), (70, 16, 4, 4), (64, 64, 8, 2), (33, 8, 2, 1)])
 def test_blocked_attention_equals_full_causal_attention(trainer, T, block, H, KV):
     import mlx.core as mx
 
-    rng = np.random.default_rng(T + block)
-    q = rng.normal(size=(2, T, H, 16)).astype(np.float32)
-    k = rng.normal(size=(2, T, KV, 16)).astype(np.float32)
-    v = rng.normal(size=(2, T, KV, 16)).astype(np.float32)
-    got = np.array(trainer.blocked_causal_attention(mx.array(q), mx.array(k), mx.array(v), block))
-    want = reference_causal_attention(q.astype(np.float64), k.astype(np.float64), v.astype(np.float64))
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    q, k, v = random_qkv(T + block, 2, T, H, KV)
+    for b in (block, 0):  # the CPU's blocked loop, and the fused kernel
+        got = np.array(trainer.causal_attention(mx.array(q), mx.array(k), mx.array(v), 0.25, b))
+        want = reference_attention(*(a.astype(np.float64) for a in (q, k, v)), 0.25)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"block={b}")
+
+
+def attention_difference(trainer, dtype, seed=0, B=2, T=256, H=8, KV=4, hd=64) -> float:
+    """Largest |blocked - fused| over one (B, T, H, hd) attention, inputs in dtype."""
+    import mlx.core as mx
+
+    q, k, v = (mx.array(a).astype(dtype) for a in random_qkv(seed, B, T, H, KV, hd))
+    scale = hd ** -0.5
+    blocked = trainer.blocked_attention(q, k, v, scale, 128)
+    fused = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal")
+    fused = fused.transpose(0, 2, 1, 3).reshape(B, T, H * hd)
+    return float(mx.max(mx.abs(blocked.astype(mx.float32) - fused.astype(mx.float32))))
+
+
+@pytest.mark.parametrize("dtype_name,tolerance", [("float32", 1e-5), ("bfloat16", 0.04)])
+def test_blocked_attention_agrees_with_the_fused_kernel(trainer, dtype_name, tolerance):
+    """The CPU's blocked loop against mx.fast.scaled_dot_product_attention on the same inputs
+    (the baseline's head dim 64, GQA 8/4, two key blocks); bf16 carries ~3 significant digits."""
+    import mlx.core as mx
+
+    diff = attention_difference(trainer, getattr(mx, dtype_name))
+    print(f"blocked vs fused attention, {dtype_name}: max |difference| {diff:.3g}")
+    assert diff <= tolerance
 
 
 def test_blocked_attention_gradients_equal_fused_sdpa(trainer):
     import mlx.core as mx
 
-    rng = np.random.default_rng(0)
-    q, k, v = (mx.array(rng.normal(size=s).astype(np.float32)) for s in
-               [(2, 48, 4, 16), (2, 48, 2, 16), (2, 48, 2, 16)])
-    w = mx.array(rng.normal(size=(2, 48, 64)).astype(np.float32))
+    q, k, v = (mx.array(a) for a in random_qkv(0, 2, 48, 4, 2))
+    w = mx.array(np.random.default_rng(1).normal(size=(2, 48, 64)).astype(np.float32))
 
-    def blocked(q, k, v):
-        return mx.sum(trainer.blocked_causal_attention(q, k, v, 16) * w)
+    def loss(block):
+        return lambda q, k, v: mx.sum(trainer.causal_attention(q, k, v, 0.3, block) * w)
 
-    def fused(q, k, v):
-        t = [a.transpose(0, 2, 1, 3) for a in (q, k, v)]
-        y = mx.fast.scaled_dot_product_attention(*t, scale=1.0, mask="causal")
-        return mx.sum(y.transpose(0, 2, 1, 3).reshape(2, 48, 64) * w)
-
-    got = mx.grad(blocked, argnums=(0, 1, 2))(q, k, v)
-    want = mx.grad(fused, argnums=(0, 1, 2))(q, k, v)
+    got = mx.grad(loss(16), argnums=(0, 1, 2))(q, k, v)
+    want = mx.grad(loss(0), argnums=(0, 1, 2))(q, k, v)
     for g, r in zip(got, want, strict=True):
         np.testing.assert_allclose(np.array(g), np.array(r), rtol=1e-4, atol=1e-5)
 
 
-def test_rope_matches_mlx_fast_rope(trainer):
+@pytest.fixture
+def edited_attention(trainer, monkeypatch):
+    """Edits to the attention hooks, as an agent would make them in the file: a sliding
+    window of 20 keys and a softcap of 2 on the scores (both undone after the test)."""
     import mlx.core as mx
 
-    x = mx.array(np.random.default_rng(1).normal(size=(2, 40, 3, 16)).astype(np.float32))
-    cos, sin = trainer.rope_tables(40, 16, 10000.0, mx.float32)
-    got = trainer.apply_rope(x, cos, sin)
-    want = mx.fast.rope(x.transpose(0, 2, 1, 3), 16, traditional=False, base=10000.0, scale=1.0,
-                        offset=0).transpose(0, 2, 1, 3)
+    def window(q_pos, k_pos):
+        return (k_pos <= q_pos) & (q_pos - k_pos < 20)
+
+    def apply(mask: bool, softcap: bool):
+        monkeypatch.setattr(trainer, "attention_keep", window if mask else trainer.attention_keep)
+        monkeypatch.setattr(trainer, "ATTENTION_SCORE_TRANSFORM", (lambda s: 2.0 * mx.tanh(s / 2.0)) if softcap
+                            else None)
+        monkeypatch.setattr(trainer, "_KEEP_MATRICES", {})
+        monkeypatch.setattr(trainer, "_BLOCK_MASKS", {})
+    return apply
+
+
+@pytest.mark.parametrize("mask,softcap", [(True, False), (False, True), (True, True)],
+                         ids=["window", "softcap", "window+softcap"])
+def test_attention_edits_apply_on_every_path(trainer, edited_attention, mask, softcap):
+    """An edit to the hooks changes the blocked loop (the CPU) and the fused path (a GPU)
+    alike, and both equal the edited mathematics computed independently."""
+    import mlx.core as mx
+
+    edited_attention(mask, softcap)
+    T = 70
+    q, k, v = random_qkv(5, 2, T, 4, 2)
+    pos = np.arange(T)
+    keep = (pos[None, :] <= pos[:, None]) & (pos[:, None] - pos[None, :] < 20) if mask else None
+    want = reference_attention(*(a.astype(np.float64) for a in (q, k, v)), 0.7, keep,
+                               (lambda s: 2.0 * np.tanh(s / 2.0)) if softcap else None)
+    plain = reference_attention(*(a.astype(np.float64) for a in (q, k, v)), 0.7)
+    assert np.abs(want - plain).max() > 0.05  # the edit really changes the result
+    for block in (16, 0):
+        got = np.array(trainer.causal_attention(mx.array(q), mx.array(k), mx.array(v), 0.7, block))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"block={block}")
+
+
+def test_attention_mask_that_sees_the_future_is_refused(trainer, monkeypatch):
+    import mlx.core as mx
+
+    monkeypatch.setattr(trainer, "attention_keep", lambda q_pos, k_pos: np.abs(q_pos - k_pos) < 4)
+    monkeypatch.setattr(trainer, "_KEEP_MATRICES", {})
+    q, k, v = (mx.array(a) for a in random_qkv(0, 1, 8, 2, 1))
+    with pytest.raises(ValueError, match="later token"):
+        trainer.causal_attention(q, k, v, 1.0, 0)
+
+
+def test_cpu_rope_matches_mlx_fast_rope(trainer):
+    """The CPU's table RoPE against nn.RoPE (mx.fast.rope), which a GPU runs, as upstream."""
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    x = mx.array(np.random.default_rng(1).normal(size=(2, 3, 40, 16)).astype(np.float32))
+    got = trainer.CpuRoPE(16, traditional=False, base=10000.0)(x)
+    want = nn.RoPE(16, traditional=False, base=10000.0)(x)
     np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-5, atol=1e-5)
 
 
@@ -294,8 +364,8 @@ def test_int8_quantization_per_row(trainer):
     rng = np.random.default_rng(2)
     w = rng.normal(size=(300, 256)).astype(np.float32) * rng.uniform(0.01, 1, size=(300, 1)).astype(np.float32)
     flat = {"big": mx.array(w), "blocks.0.attn_scale": mx.ones((8,)), "small": mx.array(w[:2])}
-    obj, stats = trainer.quantize_int8(flat, ("attn_scale",))
-    back = trainer.dequantize_int8(pickle.loads(pickle.dumps(obj)))
+    obj, stats = trainer.quantize_state_dict_int8(flat, ("attn_scale",))
+    back = trainer.dequantize_state_dict_int8(pickle.loads(pickle.dumps(obj)))
     scale = obj["scales"]["big"].astype(np.float32)[:, None]
     assert np.all(np.abs(np.array(back["big"]) - w) <= scale * 0.5 + np.abs(w) * 1e-3 + 1e-6)
     assert back["blocks.0.attn_scale"].dtype == mx.float32 and back["small"].dtype == mx.float32
