@@ -492,6 +492,8 @@ def run_one(profile_name: str, run_id: str, repeat: dict | None) -> int:
         say(f"autoresearch: repeat {repeat['index']}/{repeat['of']} (SEED={repeat['seed'] or 'default'}) "
             f"{status} val_bpb={result.metrics.get('val_bpb')} log={row['log_path']}")
         return code
+    if row.get("repeats"):
+        say(f"autoresearch: {repeats.describe(row['repeats'])}")
     for line in metrics.metric_lines(printed):
         say(line)
     if status == "ok":

@@ -4,8 +4,11 @@ truth, and its notion of "kept" on a real git history."""
 from __future__ import annotations
 
 import random
+import statistics
 import subprocess
 from pathlib import Path
+
+import pytest
 
 from autogolf.ledger import file_sha256
 from autogolf.research import verdict as V
@@ -198,3 +201,18 @@ def test_kept_means_committed_in_the_history_of_head(tmp_path):
     kept = V.kept_trainer_hashes(repo)
     assert set(shas) <= kept and discarded not in kept and side not in kept
     assert V.kept_trainer_hashes(tmp_path / "not-a-repo") == set()
+
+
+def test_repeats_summary_says_how_much_the_step_count_explains():
+    from autogolf.research import repeats
+
+    rows = [{"run_id": f"r{i}", "status": "ok", "repeat": {"seed": str(i)},
+             "metrics": {"val_bpb": 2.0 - 0.01 * steps + noise, "train_steps": steps}}
+            for i, (steps, noise) in enumerate(((100, 0.0), (104, 0.001), (98, -0.001), (101, 0.0)))]
+    summary = repeats.summarize(rows)
+    assert summary["median"] == pytest.approx(statistics.median(r["metrics"]["val_bpb"] for r in rows))
+    assert 0.95 < summary["steps_r2"] <= 1.0
+    assert "the step count explains" in repeats.describe(summary)
+    fixed = repeats.summarize([dict(r, metrics=dict(r["metrics"], train_steps=36)) for r in rows])
+    assert "steps_r2" not in fixed  # a token budget: the same steps every time
+    assert [p["seed"] for p in repeats.plan(3, "g", {"SEED": "7"})] == ["7", "8", "9"]

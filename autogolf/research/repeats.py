@@ -76,6 +76,21 @@ def summarize(members: list[dict]) -> dict:
     return out
 
 
+def describe(summary: dict) -> str:
+    """One line for the console: the values, and how much the step count explains."""
+    values = ", ".join(f"{v:.6f}" for v in summary["val_bpb"])
+    text = f"repeats {summary['ok']}/{summary['n']} ok: val_bpb {values}"
+    if summary.get("median") is not None:
+        text += f"; median {summary['median']:.6f}, spread {summary['spread']:.6f}"
+    if summary.get("sd") is not None:
+        text += f", sd {summary['sd']:.6f}"
+    if summary.get("steps_r2") is not None:
+        steps = ", ".join(str(s) for s in summary["steps"])
+        text += (f"; steps {steps}: the step count explains {100 * summary['steps_r2']:.0f}% of the "
+                 f"variance (r^2 of a straight-line fit)")
+    return text
+
+
 def group_rows(runs: list[dict], group: str) -> list[dict]:
     return [r for r in runs if (r.get("repeat") or {}).get("group") == group]
 
