@@ -216,3 +216,10 @@ def test_repeats_summary_says_how_much_the_step_count_explains():
     fixed = repeats.summarize([dict(r, metrics=dict(r["metrics"], train_steps=36)) for r in rows])
     assert "steps_r2" not in fixed  # a token budget: the same steps every time
     assert [p["seed"] for p in repeats.plan(3, "g", {"SEED": "7"})] == ["7", "8", "9"]
+
+
+def test_a_slowdown_within_the_measured_spread_of_tok_s_does_not_block_a_gain():
+    swinging = [run_row(f"s{i}", "base", 2.0 + 0.0005 * i, group="s", seed=i, tok_s=t,
+                        checks=True if i == 2 else None) for i, t in enumerate((700.0, 1000.0, 1300.0))]
+    v = judge(swinging, [run_row("c0", "cand", 1.95, tok_s=800.0, checks=None)])
+    assert v["call"] == "keep" and v["throughput_change"] == -0.2, v

@@ -25,6 +25,7 @@ and t the two-sided 95% Student-t factor for the noise floor's degrees of freedo
   keep          |gain| < max(MIN_IMPROVEMENT, t*se) and throughput rose by more than 10%
                 and beyond its own measured noise (the spread of tok_s between repeats)
   discard       a gain under 0.005 bought with a throughput drop of more than 15%
+                (a throughput change within tok_s's own measured spread is no change)
   inconclusive  a gain of at least MIN_IMPROVEMENT that is within the noise, or with an
                 unknown noise floor (says how many REPEATS would settle it); a larger gain
                 bought with more than 15% throughput (PROFILE=confirm, a wall-clock budget,
@@ -233,13 +234,14 @@ def _repeats_needed(gain: float, noise: Noise, n_best: int) -> int | None:
     return None
 
 
-def _beyond_speed_noise(change: float, noise: Noise | None, n: int, n_best: int) -> bool:
-    """A throughput gain counts only beyond the measured run-to-run spread of tok_s (a
-    loaded machine moves it by tens of percent); unknown spread: it does not count."""
+def _beyond_speed_noise(change: float, noise: Noise | None, n: int, n_best: int) -> bool | None:
+    """Whether a throughput change is beyond the measured run-to-run spread of tok_s (a
+    loaded machine moves it by tens of percent); None when that spread is unknown. A gain
+    counts only when it is beyond; a loss counts unless it is known to be within."""
     if noise is None or noise.tok_sd is None:
-        return False
+        return None
     se = noise.tok_sd * math.sqrt(median_variance_factor(n) + median_variance_factor(n_best))
-    return math.log1p(change) > t_factor(noise.tok_df) * se
+    return abs(math.log1p(change)) > t_factor(noise.tok_df) * se
 
 
 def decide(current: Experiment, history: list[Experiment], noise: Noise | None,
@@ -274,8 +276,9 @@ def decide(current: Experiment, history: list[Experiment], noise: Noise | None,
 
 
 def _call(gain: float, change: float | None, noise: Noise | None, n: int, n_best: int) -> dict:
-    slower = change is not None and change < -SLOWDOWN_LIMIT
-    faster = change is not None and change > SPEEDUP_KEEP and _beyond_speed_noise(change, noise, n, n_best)
+    real = None if change is None else _beyond_speed_noise(change, noise, n, n_best)
+    slower = change is not None and change < -SLOWDOWN_LIMIT and real is not False
+    faster = change is not None and change > SPEEDUP_KEEP and real is True
     speed = "" if change is None else f"throughput {change:+.0%}"
     threshold = None
     if noise is not None:
