@@ -21,7 +21,10 @@ Row fields (the orchestrator, autogolf/run.py, fills them):
   settings (the resolved trainer environment), git {commit, dirty, diff_sha256, untracked},
   trainer {path, sha256, bytes, lines}, dataset {name, fingerprint, is_fineweb, dir},
   upstream_commit, machine {hostname, platform, python, cpu_count, memory_bytes}, backend,
-  mlx_version, metrics {name: value}, timing {...}, log_path, console_path.
+  mlx_version, metrics {name: value}, timing {...}, log_path, console_path,
+  budget {kind, value, variable, source}, verdict {call, delta, noise, ...}, and for
+  REPEATS=n repeat {group, index, of, seed} (the last one also repeats {...}); see
+  autogolf/research/.
 
 CLI: python -m autogolf.ledger [--last N] [--path logs/runs.jsonl]  (reconciles lost runs first)
 """
