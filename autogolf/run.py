@@ -470,13 +470,17 @@ def run_one(profile_name: str, run_id: str, repeat: dict | None) -> int:
     last_repeat = not repeat or repeat["index"] == repeat["of"] or status != "ok"
     printed = dict(result.metrics)
     if last_repeat:  # the verdict is the group's: median of the repeats, judged once
-        summary = repeats.summarize(repeats.group_rows(rows_before, repeat["group"]) + [row]) \
-            if repeat else None
-        if summary:
-            row["repeats"] = summary
-        printed = repeats.apply_to_metrics(result.metrics, summary)
-        row["verdict"] = verdict.for_run(row, rows_before, REPO_ROOT) if status == "ok" else \
-            verdict.not_judged(f"{status}: {_one_line(reason, 200)}")
+        try:
+            summary = repeats.summarize(repeats.group_rows(rows_before, repeat["group"]) + [row]) \
+                if repeat else None
+            if summary:
+                row["repeats"] = summary
+            printed = repeats.apply_to_metrics(result.metrics, summary)
+            row["verdict"] = verdict.for_run(row, rows_before, REPO_ROOT) if status == "ok" else \
+                verdict.not_judged(f"{status}: {_one_line(reason, 200)}")
+        except Exception as e:  # a bug there must not cost the run its ledger row
+            row["verdict"] = verdict.not_judged(f"no verdict: {type(e).__name__}: {e}")
+            row["verdict"]["call"] = "inconclusive"
     if lock is not None and lock.fd is None:
         lock = None  # never acquired
     try:
