@@ -504,7 +504,7 @@ def run_one(profile_name: str, run_id: str, repeat: dict | None) -> int:
         m = printed
         v = row["verdict"]
         if v.get("delta") is None:
-            vs_best = " (first comparable kept run)"
+            vs_best = " (no comparable kept run)"
         else:
             # pi-autoresearch does not enforce a minimum improvement; we state it here.
             word = "improved" if v["delta"] <= -verdict.MIN_IMPROVEMENT_BPB else "not_improved"
