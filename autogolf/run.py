@@ -337,7 +337,7 @@ def run_one(profile_name: str, run_id: str, repeat: dict | None) -> int:
     # (the next run or `just ledger` records it as lost); earlier lost runs are settled now.
     ledger.reconcile(ledger_path)
     ledger.append_start(run_id, ledger_path, profile=profile_name, log_path=row["log_path"],
-                        console_path=row["console_path"])
+                        console_path=row["console_path"], **({"repeat": row["repeat"]} if repeat else {}))
     status, reason = "harness_error", ""
     result = metrics.MetricsResult()
     lock: RunLock | None = None

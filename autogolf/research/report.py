@@ -147,7 +147,8 @@ def _draw_profile(ax, ax_size, key: tuple, exps: list[verdict.Experiment], kept:
     ax.set_title(f"{key[0]} on {key[1]}: {len(exps)} experiments")
     ax.set_ylabel("val_bpb")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best", framealpha=0.6)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="best", framealpha=0.6)
     sizes = [(x, (e.members[-1].get("metrics") or {}).get("total_bytes")) for x, e in zip(xs, exps)]
     sizes = [(x, s / 1e6) for x, s in sizes if isinstance(s, (int, float))]
     if sizes:
