@@ -160,7 +160,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     default_tokens = int(profile.env["TRAIN_BUDGET_TOKENS"])
     if args.budgets:
-        budgets = [int(b) for b in args.budgets.split(",")]
+        try:
+            budgets = sorted({int(b) for b in args.budgets.split(",") if b.strip()})
+        except ValueError:
+            budgets = []
+        if not budgets or min(budgets) <= 0:
+            print(f"calibrate: --budgets {args.budgets!r} must be positive whole token counts, comma separated")
+            return 2
     else:
         budgets = list(TINY_BUDGETS) if args.tiny else [default_tokens // 4, default_tokens // 2,
                                                         default_tokens, default_tokens * 2]
