@@ -48,3 +48,11 @@ def test_the_choice_is_written_to_the_machine_file_runs_read(tmp_path):
     got = budget.apply(profile, {}, tmp_path)
     assert got["value"] == 65536 and got["source"].startswith("logs/machine.json")
     assert profile.resolved["TRAIN_BUDGET_TOKENS"] == "65536" and profile.overrides == {}
+
+
+def test_bad_arguments_are_one_line_errors(capsys):
+    assert calibrate.main(["--budgets", "12,x", "--dry-run"]) == 2
+    assert calibrate.main(["--variants", "baseline,nonsense", "--dry-run"]) == 2
+    assert calibrate.main(["--profile", "confirm", "--dry-run"]) == 2  # a wall-clock budget
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 3 and all(line.startswith("calibrate: ") for line in out)
