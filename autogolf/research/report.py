@@ -46,11 +46,19 @@ def classify(exp: verdict.Experiment, kept: set[str]) -> str:
 
 
 def by_profile(runs: list[dict]) -> dict[tuple, list[verdict.Experiment]]:
+    """Experiments per (profile, dataset). A run that died before it saw its data (a start
+    line only, a lock or config error) goes with its profile's first dataset."""
+    exps = verdict.experiments(runs)
+    seen: dict[str, str] = {}
+    for exp in exps:
+        name = (exp.members[-1].get("dataset") or {}).get("name")
+        if name:
+            seen.setdefault(str(exp.members[-1].get("profile")), str(name))
     groups: dict[tuple, list[verdict.Experiment]] = {}
-    for exp in verdict.experiments(runs):
-        last = exp.members[-1]
-        key = (str(last.get("profile") or "?"), str((last.get("dataset") or {}).get("name") or "?"))
-        groups.setdefault(key, []).append(exp)
+    for exp in exps:
+        profile = str(exp.members[-1].get("profile") or "?")
+        name = (exp.members[-1].get("dataset") or {}).get("name") or seen.get(profile, "?")
+        groups.setdefault((profile, str(name)), []).append(exp)
     return groups
 
 
@@ -118,6 +126,8 @@ def draw(groups: dict, kept: set[str], path: Path) -> None:
 
 
 def _draw_profile(ax, ax_size, key: tuple, exps: list[verdict.Experiment], kept: set[str]) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     calls = [classify(e, kept) for e in exps]
     xs = list(range(1, len(exps) + 1))
     for call, style in (("kept", dict(marker="o", color="tab:green", ls="none", label="kept")),
@@ -145,6 +155,8 @@ def _draw_profile(ax, ax_size, key: tuple, exps: list[verdict.Experiment], kept:
         ax.plot(crashes, [0.02] * len(crashes), "v", color="tab:red", transform=ax.get_xaxis_transform(),
                 ls="none", label="crash / no result")
     ax.set_title(f"{key[0]} on {key[1]}: {len(exps)} experiments")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(0.5, len(exps) + 0.5)  # every experiment has its place, running ones too
     ax.set_ylabel("val_bpb")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
@@ -159,6 +171,7 @@ def _draw_profile(ax, ax_size, key: tuple, exps: list[verdict.Experiment], kept:
     ax_size.set_ylabel("artifact MB")
     ax_size.legend(fontsize=8, loc="center right")
     ax_size.set_xlim(ax.get_xlim())
+    ax_size.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _values(exp: verdict.Experiment) -> list[float]:
