@@ -126,8 +126,6 @@ def draw(groups: dict, kept: set[str], path: Path) -> None:
 
 
 def _draw_profile(ax, ax_size, key: tuple, exps: list[verdict.Experiment], kept: set[str]) -> None:
-    from matplotlib.ticker import MaxNLocator
-
     calls = [classify(e, kept) for e in exps]
     xs = list(range(1, len(exps) + 1))
     for call, style in (("kept", dict(marker="o", color="tab:green", ls="none", label="kept")),
@@ -155,7 +153,8 @@ def _draw_profile(ax, ax_size, key: tuple, exps: list[verdict.Experiment], kept:
         ax.plot(crashes, [0.02] * len(crashes), "v", color="tab:red", transform=ax.get_xaxis_transform(),
                 ls="none", label="crash / no result")
     ax.set_title(f"{key[0]} on {key[1]}: {len(exps)} experiments")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ticks = list(range(1, len(exps) + 1, max(1, len(exps) // 10)))
+    ax.set_xticks(ticks)
     ax.set_xlim(0.5, len(exps) + 0.5)  # every experiment has its place, running ones too
     ax.set_ylabel("val_bpb")
     ax.grid(alpha=0.3)
@@ -171,7 +170,7 @@ def _draw_profile(ax, ax_size, key: tuple, exps: list[verdict.Experiment], kept:
     ax_size.set_ylabel("artifact MB")
     ax_size.legend(fontsize=8, loc="center right")
     ax_size.set_xlim(ax.get_xlim())
-    ax_size.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_size.set_xticks(ticks)
 
 
 def _values(exp: verdict.Experiment) -> list[float]:
