@@ -62,7 +62,15 @@ def by_profile(runs: list[dict]) -> dict[tuple, list[verdict.Experiment]]:
     return groups
 
 
-def summary_rows(groups: dict, kept: set[str]) -> list[list[str]]:
+def _noise(runs: list[dict], exps: list[verdict.Experiment], best) -> str:
+    """The noise floor of the best kept experiment's comparable set (else the latest's)."""
+    done = [e for e in exps if e.val_bpb is not None]
+    key = best.key if best else done[-1].key if done else None
+    noise = verdict.noise_floor(runs, key) if key else None
+    return "-" if noise is None else f"{noise.sd:.4f} ({noise.df} df)"
+
+
+def summary_rows(groups: dict, kept: set[str], runs: list[dict]) -> list[list[str]]:
     out = []
     for (profile, dataset), exps in sorted(groups.items()):
         calls = [classify(e, kept) for e in exps]
@@ -72,12 +80,12 @@ def summary_rows(groups: dict, kept: set[str]) -> list[list[str]]:
         out.append([profile, dataset, str(len(exps)), str(calls.count("kept")),
                     str(calls.count("discarded")), str(calls.count("crash")),
                     f"{best.val_bpb:.6f}" if best else "-", f"{hold:.6f}" if hold is not None else "-",
-                    best.run_id if best else "-"])
+                    best.run_id if best else "-", _noise(runs, exps, best)])
     return out
 
 
 SUMMARY_HEAD = ["profile", "dataset", "experiments", "kept", "discarded", "crashes",
-                "best kept val_bpb", "its holdout", "best run"]
+                "best kept val_bpb", "its holdout", "best run", "noise floor"]
 RUNS_HEAD = ["run", "profile", "status", "val_bpb", "holdout", "n", "tok_s", "verdict", "kept"]
 
 
@@ -210,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     kept = verdict.kept_trainer_hashes(args.repo)
     groups = by_profile(runs)
-    summary = summary_rows(groups, kept)
+    summary = summary_rows(groups, kept, runs)
     exps = verdict.experiments(runs)  # in the order they started
     print(text_table(SUMMARY_HEAD, summary))
     print()
