@@ -25,7 +25,10 @@ Row fields (the orchestrator, autogolf/run.py, fills them):
   shard_check {hashed, hashed_bytes, seconds, shards}, data_view {dir, links, train_shards,
   val_files, selection, holdout, ...} (autogolf/verify/dataview.py), harness_score {val_bpb,
   val_loss, tokens, bytes, trainer_val_bpb, abs_diff, tolerance, probe, artifact_only,
-  seconds, error?} and holdout {val_bpb, tokens, slice, seconds} (autogolf/verify/score.py).
+  seconds, error?} and holdout {val_bpb, tokens, slice, seconds} (autogolf/verify/score.py),
+  budget {kind, value, variable, source}, verdict {call, delta, noise, ...}, and for
+  REPEATS=n repeat {group, index, of, seed} (the last one also repeats {...}); see
+  autogolf/research/.
 
 CLI: python -m autogolf.ledger [--last N] [--path logs/runs.jsonl]  (reconciles lost runs first)
 """
