@@ -269,14 +269,16 @@ def _val_bpb(row: dict) -> float | None:
 
 
 def best_markers(rows: list[dict]) -> list[bool]:
-    """True where a row set a new best val_bpb among earlier ok rows of the same profile
-    and dataset (results from different profiles or data are not comparable)."""
+    """True where a row set a new best val_bpb among earlier standard rows (ok, checks not
+    failed, no overrides) of the same profile and dataset (others are not comparable)."""
     best: dict[tuple, float] = {}
     marks = []
     for row in rows:
         value = _val_bpb(row)
         key = (row.get("profile"), (row.get("dataset") or {}).get("fingerprint"))
-        if row.get("status") == "ok" and value is not None and value < best.get(key, math.inf):
+        honest = row.get("status") == "ok" and not row.get("overrides") and \
+            (row.get("checks") or {}).get("passed") is not False
+        if honest and value is not None and value < best.get(key, math.inf):
             best[key] = value
             marks.append(True)
         else:

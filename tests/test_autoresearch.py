@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from autoresearch_helpers import (METRIC_RE, bench_env, git, ledger_rows, make_project,
+from autoresearch_helpers import (summary_line, METRIC_RE, bench_env, git, ledger_rows, make_project,
                                   make_tiny_dataset, metric_lines, run_bench, wait_for)
 from backends import this_backend
 from autogolf.runlock import RunLock, lock_is_free
@@ -89,13 +89,6 @@ class TrainerWatch:
         alive = [p for p in self.pids if psutil.pid_exists(p)
                  and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
         assert not alive, f"trainer processes left behind: {alive}"
-
-
-def summary_line(stdout: str) -> str:
-    """The `autoresearch: ...` summary: the line before the VERDICT line, which is last."""
-    lines = stdout.rstrip("\n").splitlines()
-    assert lines[-1].startswith("VERDICT "), lines[-1]
-    return lines[-2]
 
 
 def assert_tail_is_metrics_then_summary(stdout: str, summary_prefix: str) -> None:

@@ -104,14 +104,12 @@ def test_a_change_to_each_recipe_default_changes_the_run(original, tmp_path):
                 f"changing {field.name}'s default to {changed_value(field)} has no effect under {profile}"
 
 
-def test_a_warmdown_change_in_the_trainer_moves_val_bpb_in_a_real_run(tmp_path):
+def test_a_warmdown_change_in_the_trainer_moves_val_bpb_in_a_real_run(tmp_path, corpus):
     """Two real smoke runs: the trainer as it is, then with WARMDOWN_FRAC's default at 0.25
     (the warm-down over the last quarter of the 4 steps instead of all of them)."""
     from autoresearch_helpers import bench_env, ledger_rows, make_project, make_tiny_dataset, run_bench
-    from conftest import require_fixtures
 
-    require_fixtures()
-    dataset, tokenizer = make_tiny_dataset(tmp_path / "data")
+    dataset, tokenizer = make_tiny_dataset(tmp_path / "data", corpus)
     project = make_project(tmp_path / "project")
     env = bench_env(dataset, tokenizer, tmp_path / "machine.lock")
     assert run_bench(project, env).returncode == 0
