@@ -81,6 +81,14 @@ blas:
 ledger *ARGS:
     {{py}} -m autogolf.ledger {{ARGS}}
 
+# progress: a table per profile, logs/progress.png and logs/report.html
+report *ARGS:
+    {{py}} -m autogolf.research.report {{ARGS}}
+
+# measure how well breadth's token budget ranks ideas (Spearman vs a longer run); writes logs/machine.json
+calibrate *ARGS:
+    {{py}} -m autogolf.research.calibrate {{ARGS}}
+
 # the checks pi-autoresearch runs after a successful benchmark
 checks:
     bash autoresearch.checks.sh

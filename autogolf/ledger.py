@@ -25,7 +25,10 @@ Row fields (the orchestrator, autogolf/run.py, fills them):
   shard_check {hashed, hashed_bytes, seconds, shards}, data_view {dir, links, train_shards,
   val_files, selection, holdout, ...} (autogolf/verify/dataview.py), harness_score {val_bpb,
   val_loss, tokens, bytes, trainer_val_bpb, abs_diff, tolerance, probe, artifact_only,
-  seconds, error?} and holdout {val_bpb, tokens, slice, seconds} (autogolf/verify/score.py).
+  seconds, error?} and holdout {val_bpb, tokens, slice, seconds} (autogolf/verify/score.py),
+  budget {kind, value, variable, source}, verdict {call, delta, noise, ...}, and for
+  REPEATS=n repeat {group, index, of, seed} (the last one also repeats {...}); see
+  autogolf/research/.
 
 CLI: python -m autogolf.ledger [--last N] [--path logs/runs.jsonl]  (reconciles lost runs first)
 """
@@ -266,14 +269,16 @@ def _val_bpb(row: dict) -> float | None:
 
 
 def best_markers(rows: list[dict]) -> list[bool]:
-    """True where a row set a new best val_bpb among earlier ok rows of the same profile
-    and dataset (results from different profiles or data are not comparable)."""
+    """True where a row set a new best val_bpb among earlier standard rows (ok, checks not
+    failed, no overrides) of the same profile and dataset (others are not comparable)."""
     best: dict[tuple, float] = {}
     marks = []
     for row in rows:
         value = _val_bpb(row)
         key = (row.get("profile"), (row.get("dataset") or {}).get("fingerprint"))
-        if row.get("status") == "ok" and value is not None and value < best.get(key, math.inf):
+        honest = row.get("status") == "ok" and not row.get("overrides") and \
+            (row.get("checks") or {}).get("passed") is not False
+        if honest and value is not None and value < best.get(key, math.inf):
             best[key] = value
             marks.append(True)
         else:

@@ -51,6 +51,7 @@ import psutil
 from autogolf import checks, distributed, ledger, logparse, metrics, profiles, storage
 from autogolf.blas import preload_env
 from autogolf.cache import CacheError, resolve_dataset, verify_cache
+from autogolf.research import budget, repeats, verdict
 from autogolf.runlock import LockTimeout, RunLock
 from autogolf.shards import ShardError
 from autogolf.verify import dataview, score, shardstate
@@ -60,9 +61,6 @@ DEFAULT_TRAINER = REPO_ROOT / "benchmark" / "train_gpt_mlx.py"
 EXIT_CODES = {"ok": 0, "crash": 1, "data_error": 2, "config_error": 2, "cap_violation": 3, "integrity_failed": 4,
               "harness_error": 70,
               "lock_timeout": 75, "timeout": 124, "killed": 137}
-# A change counts as an improvement only when it beats the best earlier run of the same
-# profile and dataset by at least this much; smaller differences are noise on the proxies.
-MIN_IMPROVEMENT_BPB = float(os.environ.get("AUTOGOLF_MIN_IMPROVEMENT", "0.002"))
 _PROGRESS_QUIET_SECONDS = 10.0  # at most one val_progress line per this many seconds on stdout
 
 
@@ -259,6 +257,17 @@ def _score(row: dict, trainer: Path, artifact: Path, dataset_dir: Path, tokenize
     return ("integrity_failed", failure) if failure else ("ok", "")
 
 
+def _best_before(rows: list[dict], profile: str, fingerprint: str | None) -> float | None:
+    """The best val_bpb of earlier standard runs on this profile and data (finished ok, checks
+    not failed, no overrides): the holdout is scored for a run that beats it."""
+    values = [r["metrics"]["val_bpb"] for r in rows
+              if r.get("status") == "ok" and r.get("profile") == profile and not r.get("overrides")
+              and (r.get("checks") or {}).get("passed") is not False
+              and (r.get("dataset") or {}).get("fingerprint") == fingerprint
+              and isinstance((r.get("metrics") or {}).get("val_bpb"), (int, float))]
+    return min(values) if values else None
+
+
 def _int(raw: str, name: str) -> int:
     try:
         return int(raw or "0")
@@ -292,14 +301,6 @@ def _upstream_commit() -> str | None:
 def _one_line(text: str, limit: int = 600) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _best_before(rows: list[dict], profile: str, fingerprint: str | None) -> float | None:
-    values = [r["metrics"]["val_bpb"] for r in rows
-              if r.get("status") == "ok" and r.get("profile") == profile
-              and (r.get("dataset") or {}).get("fingerprint") == fingerprint
-              and isinstance((r.get("metrics") or {}).get("val_bpb"), (int, float))]
-    return min(values) if values else None
 
 
 def _env_seconds(name: str, default: float) -> float:
@@ -356,12 +357,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default=None,
                         help="benchmark profile from autogolf/profiles.toml (default: $PROFILE, else breadth)")
     args = parser.parse_args(argv)
-
-    process_start = _start_time()
-    started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     profile_name = args.profile or os.environ.get("PROFILE") or profiles.DEFAULT_PROFILE
     run_id = os.environ.get("RUN_ID") or \
         f"{time.strftime('%Y%m%d-%H%M%S')}-{profile_name}-{secrets.token_hex(2)}"
+    try:
+        n = repeats.count(os.environ)
+        plan = repeats.plan(n, run_id, os.environ) if n > 1 else [None]
+    except profiles.ProfileError as e:
+        say(f"autoresearch: config_error: {e}")
+        say(verdict.format_line(verdict.not_judged(f"config_error: {e}")))
+        return EXIT_CODES["config_error"]
+    code = 0
+    for repeat in plan:
+        code = run_one(profile_name, repeat["run_id"] if repeat else run_id, repeat)
+        if _STOP["signal"] is not None or (repeat and code != 0):
+            break  # interrupted, or a repeat failed: its own lines say why
+    return code
+
+
+def run_one(profile_name: str, run_id: str, repeat: dict | None) -> int:
+    """One benchmark run (one repeat of REPEATS): ledger rows, then its printed lines."""
+    process_start = _start_time() if not repeat or repeat["index"] == 1 else time.time()
+    started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     trainer = Path(os.environ.get("AUTOGOLF_TRAINER") or DEFAULT_TRAINER).resolve()
     logs_dir = REPO_ROOT / "logs"
     log_path = logs_dir / f"{run_id}.txt"
@@ -375,12 +392,14 @@ def main(argv: list[str] | None = None) -> int:
     row: dict = {"run_id": run_id, "status": None, "exit_reason": "", "started_at": started_at,
                  "profile": profile_name, "log_path": str(log_path.relative_to(REPO_ROOT)),
                  "console_path": str(console_path.relative_to(REPO_ROOT))}
+    if repeat:
+        row["repeat"] = {k: repeat[k] for k in ("group", "index", "of", "seed")}
     # In the ledger from the first moment, so even a kill -9 of this process leaves a trace
     # (the next run or `just ledger` records it as lost); earlier lost runs are settled now.
     ledger.reconcile(ledger_path)
     ledger.append_start(run_id, ledger_path, profile=profile_name, started_epoch=round(process_start, 3),
-                        log_path=row["log_path"],
-                        console_path=row["console_path"])
+                        log_path=row["log_path"], console_path=row["console_path"],
+                        **({"repeat": row["repeat"]} if repeat else {}))
     status, reason = "harness_error", ""
     result = metrics.MetricsResult()
     lock: RunLock | None = None
@@ -390,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     profile: profiles.Profile | None = None
     try:
         profile = profiles.load(profile_name)
+        row["budget"] = budget.apply(profile, os.environ, REPO_ROOT)
         row["settings"] = dict(profile.resolved)
         row["overrides"] = dict(profile.overrides)
         say(f"autoresearch: run {run_id} profile={profile.name}: "
@@ -429,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         check_stop()
         env = dict(os.environ)
         env.update(profile.resolved)
+        env.update(repeats.environ_for(repeat, env))
         env.pop("DATA_PATH", None)
         # The trainer sees a per-run view: train shards, and only the selection slice of val.
         view_dir, row["data_view"] = dataview.build_view(
@@ -523,8 +544,6 @@ def main(argv: list[str] | None = None) -> int:
     if status == "ok" and wall > 0:
         result.metrics["harness_overhead_pct"] = round(100.0 * (wall - train_s) / wall, 2)
     rows_before = [r for r in ledger.runs(ledger_path) if r.get("run_id") != run_id]
-    fingerprint = (row.get("dataset") or {}).get("fingerprint")
-    best = _best_before(rows_before, profile_name, fingerprint)
     row.update({
         "record": "run", "status": status, "exit_reason": reason, "ended_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "ended_epoch": round(time.time(), 3),
@@ -534,6 +553,20 @@ def main(argv: list[str] | None = None) -> int:
         "protected_digest": checks.manifest_digest(REPO_ROOT),
         "harness_digest": checks.harness_digest(REPO_ROOT),
     })
+    last_repeat = not repeat or repeat["index"] == repeat["of"] or status != "ok"
+    printed = dict(result.metrics)
+    if last_repeat:  # the verdict is the group's: median of the repeats, judged once
+        try:
+            summary = repeats.summarize(repeats.group_rows(rows_before, repeat["group"]) + [row]) \
+                if repeat else None
+            if summary:
+                row["repeats"] = summary
+            printed = repeats.apply_to_metrics(result.metrics, summary)
+            row["verdict"] = verdict.for_run(row, rows_before, REPO_ROOT) if status == "ok" else \
+                verdict.not_judged(f"{status}: {_one_line(reason, 200)}")
+        except Exception as e:  # a bug there must not cost the run its ledger row
+            row["verdict"] = verdict.not_judged(f"no verdict: {type(e).__name__}: {e}")
+            row["verdict"]["call"] = "inconclusive"
     if lock is not None and lock.fd is None:
         lock = None  # never acquired
     dataview.remove_view(logs_dir / "views" / run_id)
@@ -550,21 +583,27 @@ def main(argv: list[str] | None = None) -> int:
         if lock is not None:
             lock.release()
 
-    # An integrity failure prints no METRIC: its numbers are the ones the harness disowns.
-    for line in metrics.metric_lines(result.metrics) if status != "integrity_failed" else []:
-        say(line)
     code = EXIT_CODES.get(status, 1)
     if status == "interrupted":
         code = 128 + int(row.get("signal", signal.SIGTERM))
+    if not last_repeat:
+        say(f"autoresearch: repeat {repeat['index']}/{repeat['of']} (SEED={repeat['seed'] or 'default'}) "
+            f"{status} val_bpb={result.metrics.get('val_bpb')} log={row['log_path']}")
+        return code
+    if row.get("repeats"):
+        say(f"autoresearch: {repeats.describe(row['repeats'])}")
+    # An integrity failure prints no METRIC: its numbers are the ones the harness disowns.
+    for line in metrics.metric_lines(printed) if status != "integrity_failed" else []:
+        say(line)
     if status == "ok":
-        m = result.metrics
-        if best is None:
-            vs_best = " (first on this profile+data)"
+        m = printed
+        v = row["verdict"]
+        if v.get("delta") is None:
+            vs_best = " (no comparable kept run)"
         else:
             # pi-autoresearch does not enforce a minimum improvement; we state it here.
-            delta = m["val_bpb"] - best
-            verdict = "improved" if delta <= -MIN_IMPROVEMENT_BPB else "not_improved"
-            vs_best = f" vs_best={delta:+.4f} {verdict}(min {MIN_IMPROVEMENT_BPB})"
+            word = "improved" if v["delta"] <= -verdict.MIN_IMPROVEMENT_BPB else "not_improved"
+            vs_best = f" vs_best={v['delta']:+.4f} {word}(min {verdict.MIN_IMPROVEMENT_BPB})"
         overrides = " overrides=" + ",".join(f"{k}={v}" for k, v in row["overrides"].items()) \
             if row.get("overrides") else ""
         say(f"autoresearch: ok profile={profile_name} dataset={dataset_label} "
@@ -576,6 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         say(f"autoresearch: {status} profile={profile_name} dataset={dataset_label} "
             f"wall={wall:.1f}s log={row['console_path']} reason: {_one_line(reason)}")
+    say(verdict.format_line(row["verdict"]))
     return code
 
 

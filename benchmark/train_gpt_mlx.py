@@ -74,7 +74,10 @@ class Hyperparameters:
     mlx_eager_eval: bool = True  # evaluate after every chunk to cap peak memory
     warmup_steps: int = 20  # compile priming only: no parameter update
     warmdown_iters: int = 1200
+    warmdown_frac: float = 1.0  # ours: the warm-down spans at most this share of the budget
     max_wallclock_seconds: float = 600.0
+    train_budget_tokens: int = 0  # ours: train on this many tokens (0: ITERATIONS / the wall clock)
+    budget_min_steps: int = 36  # ours: under a token budget the batch shrinks to give this many steps
     # model
     vocab_size: int = 1024
     num_layers: int = 9
@@ -124,16 +127,30 @@ class Hyperparameters:
     def patterns(self, name: str) -> tuple[str, ...]:
         return tuple(p for p in getattr(self, name).split(",") if p)
 
+    def fit_budget(self) -> None:
+        """Under a token budget: the batch per step (at most TRAIN_BATCH_TOKENS, in whole
+        sequences per microbatch) that gives at least BUDGET_MIN_STEPS steps, and the number
+        of steps that spends the budget."""
+        if self.train_budget_tokens <= 0:
+            return
+        unit = self.train_seq_len * self.grad_accum_steps
+        batch = min(self.train_batch_tokens, self.train_budget_tokens // max(self.budget_min_steps, 1))
+        self.train_batch_tokens = max(unit, batch // unit * unit)
+        self.iterations = max(1, self.train_budget_tokens // self.train_batch_tokens)
+
     def lr_mul(self, step: int, elapsed_ms: float) -> float:
-        """LR multiplier: 1, then a linear warmdown to 0 over the last WARMDOWN_ITERS steps.
-        With a wall-clock cap the warmdown is timed: it starts when the remaining time
-        equals WARMDOWN_ITERS average steps."""
-        if self.warmdown_iters <= 0:
+        """LR multiplier: 1, then a linear warmdown to 0 over the last WARMDOWN_ITERS steps,
+        but over at most WARMDOWN_FRAC of the budget (so a short budget still trains; at
+        upstream's budget 1,200 steps are the shorter). With a wall-clock cap the warmdown
+        is timed: it starts when the remaining time equals that many average steps."""
+        if self.warmdown_iters <= 0 or self.warmdown_frac <= 0:
             return 1.0
         if self.max_wallclock_seconds <= 0:
-            start = max(self.iterations - self.warmdown_iters, 0)
-            return max((self.iterations - step) / self.warmdown_iters, 0.0) if step >= start else 1.0
-        warmdown_ms = self.warmdown_iters * elapsed_ms / max(step, 1)
+            warmdown = min(self.warmdown_iters, self.warmdown_frac * self.iterations)
+            start = self.iterations - warmdown
+            return max((self.iterations - step) / warmdown, 0.0) if step >= start else 1.0
+        warmdown_ms = min(self.warmdown_iters * elapsed_ms / max(step, 1),
+                          self.warmdown_frac * 1000.0 * self.max_wallclock_seconds)
         remaining_ms = max(1000.0 * self.max_wallclock_seconds - elapsed_ms, 0.0)
         return remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
 
@@ -152,6 +169,7 @@ def hyperparameters_from_env(env) -> Hyperparameters:
             want = "0 or 1" if kind is bool else f"a{'n' if kind is int else ''} {kind.__name__}"
             raise InputError(f"{name}={raw!r} is not {want}; fix that environment variable") from None
     args.run_id = args.run_id or str(uuid.uuid4())
+    args.fit_budget()
     return args
 
 
@@ -1025,8 +1043,8 @@ def harness_load(blob: bytes):
     ids[:, :t + 1] only. Settings come from the environment, as for training."""
     prepare_cpu_process()  # the scorer is a fresh process too: same CPU settings as training
     args = hyperparameters_from_env(os.environ)
-    _, dtype, attn_block, _, _, streams = setup_backend(args)
-    model = GPT(args, dtype, attn_block)
+    _, dtype, attn_block, cpu, _, streams = setup_backend(args)
+    model = GPT(args, dtype, attn_block, cpu_rope=cpu)
     model.update(tree_unflatten(list(dequantize_state_dict_int8(pickle.loads(zlib.decompress(blob))).items())))
 
     def forward(x):

@@ -107,6 +107,13 @@ def metric_lines(stdout: str) -> dict[str, str]:
     return {m[1]: m[2] for line in stdout.splitlines() if (m := METRIC_RE.match(line))}
 
 
+def summary_line(stdout: str) -> str:
+    """The `autoresearch: ...` summary: the line before the VERDICT line, which is last."""
+    lines = stdout.rstrip("\n").splitlines()
+    assert lines[-1].startswith("VERDICT "), lines[-1]
+    return lines[-2]
+
+
 def ledger_rows(project: Path) -> list[dict]:
     from autogolf import ledger
 

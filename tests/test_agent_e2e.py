@@ -38,7 +38,7 @@ SCRIPT = [
     {"tool": "run_experiment", "args": {"command": SMOKE}},
     {"tool": "log_experiment", "args": {"commit": "0000000", "metric": "{metric:val_bpb}", "status": "discard",
                                         "description": "trainer note, no gain"}},
-    {"tool": "bash", "args": {"command": "echo 'an edit the discard must revert' >> README.md"}},
+    {"tool": "bash", "args": {"command": "echo 'scripted-model-was-here' >> README.md"}},
     {"tool": "run_experiment", "args": {"command": SMOKE}},
     {"tool": "log_experiment", "args": {"commit": "0000000", "metric": "{metric:val_bpb}", "status": "checks_failed",
                                         "description": "edited a protected file"}},
@@ -129,7 +129,7 @@ def test_real_pi_loop_under_the_supervisor_survives_a_model_outage(tmp_path, cor
     # the discards reverted the trainer note and the README edit; the keep committed its change
     trainer = (project / "benchmark" / "train_gpt_mlx.py").read_text()
     assert "the discard must revert" not in trainer and "the keep must commit" in trainer
-    assert "an edit the discard must revert" not in (project / "README.md").read_text()
+    assert "scripted-model-was-here" not in (project / "README.md").read_text()
     assert git(project, "status", "--porcelain").strip() == ""
     assert "after the restart" in git(project, "log", "-1", "--format=%s")
     # the supervisor's account of the outage

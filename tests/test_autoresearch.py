@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from autoresearch_helpers import (METRIC_RE, bench_env, git, ledger_rows, make_project,
+from autoresearch_helpers import (summary_line, METRIC_RE, bench_env, git, ledger_rows, make_project,
                                   make_tiny_dataset, metric_lines, run_bench, wait_for)
 from backends import this_backend
 from autogolf.runlock import RunLock, lock_is_free
@@ -93,9 +93,9 @@ class TrainerWatch:
 
 def assert_tail_is_metrics_then_summary(stdout: str, summary_prefix: str) -> None:
     lines = stdout.rstrip("\n").splitlines()
-    assert lines[-1].startswith(summary_prefix), lines[-1]
+    assert summary_line(stdout).startswith(summary_prefix), lines[-2:]
     first_metric = next(i for i, l in enumerate(lines) if l.startswith("METRIC"))
-    for line in lines[first_metric:-1]:
+    for line in lines[first_metric:-2]:
         m = METRIC_RE.match(line)
         assert m, f"not a METRIC line after the first one: {line!r}"
         assert math.isfinite(float(m[2])), line
@@ -130,7 +130,7 @@ def test_smoke_run(project, env, tmp_path):
     assert_tail_is_metrics_then_summary(out.stdout, "autoresearch: ok profile=smoke")
     found = metric_lines(out.stdout)
     assert REQUIRED_METRICS <= set(found)
-    summary = out.stdout.splitlines()[-1]
+    summary = summary_line(out.stdout)
     assert "dataset=tiny_sp1024 (NOT FineWeb)" in summary
     assert "overrides=ITERATIONS=3" in summary  # the environment won over the profile
 
@@ -153,7 +153,7 @@ def test_smoke_run(project, env, tmp_path):
                                 str(log), "--cache-dir", env["DATA_PATH"]],
                                capture_output=True, text=True, check=True).stdout
     assert {k: v for k, v in metric_lines(extracted).items()} == \
-        {k: v for k, v in found.items() if k != "harness_overhead_pct"}
+        {k: v for k, v in found.items() if k not in ("harness_overhead_pct", "val_bpb_spread", "repeats")}
     assert (project / row["console_path"]).is_file()
     assert (project / row["artifact_path"]).is_file()
     assert not list((project / "logs").glob("*.npz"))  # raw weights pruned
@@ -207,7 +207,7 @@ def test_lock_busy_too_long_is_refused_and_recorded(project, env):
     with RunLock(run_id="someone-else", path=lock_path, wait_seconds=1):
         out = run_bench(project, dict(env, AUTOGOLF_LOCK_WAIT_SECONDS="1"))
     assert out.returncode == 75
-    last = out.stdout.splitlines()[-1]
+    last = summary_line(out.stdout)
     assert last.startswith("autoresearch: lock_timeout") and "someone-else" in last
     rows = ledger_rows(project)
     assert [r["status"] for r in rows] == ["lock_timeout"]
@@ -256,8 +256,8 @@ def test_trainer_killed_with_sigkill(project, env, long_run):
         trainers[0].send_signal(signal.SIGKILL)
         stdout, _ = proc.communicate(timeout=60)
     assert proc.returncode == 137
-    assert stdout.splitlines()[-1].startswith("autoresearch: killed")
-    assert "SIGKILL" in stdout.splitlines()[-1]
+    assert summary_line(stdout).startswith("autoresearch: killed")
+    assert "SIGKILL" in summary_line(stdout)
     assert "METRIC val_bpb" not in stdout
     watch.assert_clean()
     rows = ledger_rows(project)
@@ -274,7 +274,7 @@ def test_signal_to_autoresearch_kills_the_trainer_tree(project, env, sig, long_r
         os.killpg(proc.pid, sig)  # what pi-autoresearch does on its timeout (SIGTERM)
         stdout, _ = proc.communicate(timeout=60)
     assert proc.returncode == 128 + sig
-    assert stdout.splitlines()[-1].startswith("autoresearch: interrupted")
+    assert summary_line(stdout).startswith("autoresearch: interrupted")
     watch.assert_clean()
     rows = ledger_rows(project)
     assert [r["status"] for r in rows] == ["interrupted"]
@@ -320,7 +320,7 @@ def test_timeout_kills_a_hanging_trainer_and_its_escaped_child(project, env, tmp
         out = run_bench(project, dict(env, ITERATIONS="100000", AUTOGOLF_TRAINER=str(trainer),
                                       AUTOGOLF_TIMEOUT="12"))
     assert out.returncode == 124, out.stdout[-2000:]
-    last = out.stdout.splitlines()[-1]
+    last = summary_line(out.stdout)
     assert last.startswith("autoresearch: timeout") and "12 s timeout" in last
     watch.assert_clean()
     escaped = int(pid_file.read_text())
@@ -336,7 +336,7 @@ def test_crash_in_the_trainer(project, env, tmp_path):
     with TrainerWatch(str(tmp_path)) as watch:
         out = run_bench(project, dict(env, AUTOGOLF_TRAINER=str(trainer)))
     assert out.returncode == 1
-    last = out.stdout.splitlines()[-1]
+    last = summary_line(out.stdout)
     assert last.startswith("autoresearch: crash")
     assert "RuntimeError: injected failure for the harness test" in last
     assert "METRIC val_bpb" not in out.stdout
@@ -345,7 +345,7 @@ def test_crash_in_the_trainer(project, env, tmp_path):
     # 2, which reaches the ledger as a config error (not a crash), and the harness exits 2
     out = run_bench(project, dict(env, NUM_HEADS="3"))
     assert out.returncode == 2
-    last = out.stdout.splitlines()[-1]
+    last = summary_line(out.stdout)
     assert last.startswith("autoresearch: config_error") and "NUM_HEADS=3" in last
     assert "trainer refused its settings or data (exit 2): MODEL_DIM=64 is not divisible by NUM_HEADS=3" in last
     rows = ledger_rows(project)
@@ -362,7 +362,7 @@ def test_artifact_over_the_cap(project, env, tmp_path):
     assert out.returncode == 3, out.stdout[-2000:]
     found = metric_lines(out.stdout)
     assert int(found["total_bytes"]) > 16_000_000 and int(found["artifact_headroom_bytes"]) < 0
-    last = out.stdout.splitlines()[-1]
+    last = summary_line(out.stdout)
     assert last.startswith("autoresearch: cap_violation") and "16,000,000-byte cap" in last
     assert [r["status"] for r in ledger_rows(project)] == ["cap_violation"]
 
@@ -370,13 +370,13 @@ def test_artifact_over_the_cap(project, env, tmp_path):
 def test_bad_data_path_is_recorded(project, env, tmp_path):
     out = run_bench(project, dict(env, DATA_PATH=str(tmp_path / "nowhere")))
     assert out.returncode == 2
-    last = out.stdout.splitlines()[-1]
+    last = summary_line(out.stdout)
     assert last.startswith("autoresearch: data_error") and "nowhere" in last
     out = run_bench(project, dict(env, AUTOGOLF_TIMEOUT="soon"))
     assert out.returncode == 2
-    assert "AUTOGOLF_TIMEOUT='soon' is not a positive number" in out.stdout.splitlines()[-1]
+    assert "AUTOGOLF_TIMEOUT='soon' is not a positive number" in summary_line(out.stdout)
     out = run_bench(project, dict(env, PROFILE="fastest"))
-    assert out.returncode == 2 and "PROFILE=fastest is not a profile" in out.stdout.splitlines()[-1]
+    assert out.returncode == 2 and "PROFILE=fastest is not a profile" in summary_line(out.stdout)
     assert [r["status"] for r in ledger_rows(project)] == ["data_error", "config_error", "config_error"]
 
 

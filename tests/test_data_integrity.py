@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from autoresearch_helpers import bench_env, ledger_rows, make_project, make_synth_dataset, run_bench
+from autoresearch_helpers import summary_line, bench_env, ledger_rows, make_project, make_synth_dataset, run_bench
 from autogolf.cache import CacheError
 from autogolf.shards import read_tokens, write_shard
 from autogolf.verify import dataview, shardstate
@@ -107,7 +107,7 @@ def test_a_run_on_a_changed_shard_is_refused_before_training_and_checks_see_it_a
     after = subprocess.run(["bash", "autoresearch.checks.sh"], cwd=project, capture_output=True, text=True)
     assert after.returncode == 1 and "fineweb_train_000000.bin: shard changed" in after.stdout
     refused = run_bench(project, env)
-    summary = refused.stdout.rstrip().splitlines()[-1]
+    summary = summary_line(refused.stdout)
     assert refused.returncode == 2 and summary.startswith("autoresearch: data_error"), summary
     assert "fineweb_train_000000.bin: shard changed" in summary
     row = ledger_rows(project)[-1]

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from autoresearch_helpers import (bench_env, ledger_rows, make_project, make_synth_dataset,
+from autoresearch_helpers import (summary_line, bench_env, ledger_rows, make_project, make_synth_dataset,
                                   make_tiny_dataset, metric_lines, run_bench)
 from autogolf.verify.score import TOLERANCE_BPB
-from conftest import REAL_DOCS, REAL_TOKENIZER
+from conftest import FIXTURES, REAL_DOCS, REAL_TOKENIZER
 
 TRAINER = "benchmark/train_gpt_mlx.py"
 
@@ -120,7 +120,7 @@ def run_every(project, data, tmp_path):
 def test_tampered_trainer_is_caught(project, data, tmp_path, name):
     tamper, expected = TAMPERS[name]
     out, row = run(project, data, tmp_path, tamper)
-    summary = out.stdout.rstrip().splitlines()[-1]
+    summary = summary_line(out.stdout)
     assert out.returncode == 4, out.stdout[-3000:]
     assert row["status"] == "integrity_failed"
     assert summary.startswith("autoresearch: integrity_failed profile=smoke") and expected in summary, summary

@@ -52,12 +52,16 @@ def find_session(server: libtmux.Server, name: str | None = None):
         return None
 
 
-def find_window(session, name: str):
+def find_window(session, name: str, strict: bool = False):
+    """The session's window of that name, or None. strict: a tmux error raises instead of
+    reading as "no such window" (the supervisor must not start a second agent on a hiccup)."""
     if session is None:
         return None
     try:
         return session.windows.get(window_name=name, default=None)
     except Exception:
+        if strict:
+            raise
         return None
 
 

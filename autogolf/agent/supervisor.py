@@ -40,6 +40,7 @@ import psutil
 from autogolf.agent import launch, session
 
 RATE_LIMIT = re.compile(r"rate.?limit|\b429\b|too many requests|quota|overloaded|\b529\b", re.I)
+SESSION_MISSES = 5
 NUDGE_MESSAGE = ("autogolf supervisor: no output and no benchmark for {minutes:.0f} min. Continue "
                  "the autoresearch loop now: pick the next idea from autoresearch.ideas.md, then "
                  "run_experiment and log_experiment.")
@@ -129,6 +130,7 @@ class Supervisor:
         self.watch = AgentWatch()
         self.restarts: list[dict] = []
         self.stop_signal: int | None = None
+        self.misses = 0  # consecutive looks that did not find the session
         self.state = {"supervisor_pid": os.getpid(), "started_at": session.now_iso(),
                       "session": self.name, "breaker": {"state": "ok"}, "restarts_total": 0,
                       "config": {k: getattr(cfg, k) for k in Config.ENV}}
@@ -147,17 +149,21 @@ class Supervisor:
 
     # -- the agent window
     def agent_pane(self):
+        """(session, agent pane); (session, None) when there is no agent window; (None, None)
+        when the session is missing or tmux did not answer."""
         sess = session.find_session(self.server, self.name)
-        window = session.find_window(sess, session.AGENT_WINDOW)
-        if window is None:
-            return sess, None
-        pane = window.active_pane
-        pane.refresh()
+        try:
+            window = session.find_window(sess, session.AGENT_WINDOW, strict=True)
+            if window is None:
+                return sess, None
+            pane = window.active_pane
+            pane.refresh()
+        except Exception:
+            return None, None
         return sess, pane
 
-    def start_agent(self, sess, reason: str) -> None:
-        """A new agent window (or a respawn of a dead one), resuming when there is a session."""
-        _, pane = self.agent_pane()
+    def start_agent(self, sess, reason: str, pane=None) -> None:
+        """A new agent window, or a respawn of `pane`; pi resumes when it has a session."""
         cmd = self.cfg.agent_cmd
         if pane is None:
             window = sess.new_window(window_name=session.AGENT_WINDOW, window_shell=cmd,
@@ -224,7 +230,7 @@ class Supervisor:
         self.event("breaker_tripped", reason)
         return True
 
-    def do_restart(self, sess) -> bool:
+    def do_restart(self, sess, pane) -> bool:
         """Restart now. False when the breaker tripped instead."""
         watch = self.watch
         self.restarts.append({"at": time.time(), "reason": watch.restart_reason, "counted": watch.counted})
@@ -233,7 +239,7 @@ class Supervisor:
             return False
         watch.failures += 1
         watch.restart_at = None
-        self.start_agent(sess, f"restart: {watch.restart_reason}")
+        self.start_agent(sess, f"restart: {watch.restart_reason}", pane)
         return True
 
     def observe(self, pane) -> None:
@@ -268,8 +274,14 @@ class Supervisor:
         """One look at the agent. False when the loop must end."""
         sess, pane = self.agent_pane()
         if sess is None:
-            self.event("session_gone", f"tmux session {self.name} no longer exists")
+            # tmux can fail to answer on a loaded machine: only a session missing on several
+            # looks in a row is gone (a supervisor that quit on one miss would end the night)
+            self.misses += 1
+            if self.misses < SESSION_MISSES:
+                return True
+            self.event("session_gone", f"tmux session {self.name} missing on {self.misses} looks in a row")
             return False
+        self.misses = 0
         if pane is None:  # no agent window at all: starting one disturbs no measurement
             self.start_agent(sess, "no agent window")
             return True
@@ -288,7 +300,7 @@ class Supervisor:
         elif self.watch.restart_at is None:
             self.observe(pane)
         if self.watch.restart_at is not None and time.time() >= self.watch.restart_at:
-            if not self.do_restart(sess):
+            if not self.do_restart(sess, pane):
                 self.end_agent_window(pane)
                 return False
         return True
