@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from autoresearch_helpers import bench_env, ledger_rows, make_project, make_tiny_dataset, metric_lines, run_bench
+from autoresearch_helpers import summary_line, bench_env, ledger_rows, make_project, make_tiny_dataset, metric_lines, run_bench
 from autogolf import distributed
 from autogolf.runlock import lock_is_free
 from conftest import REPO
@@ -138,8 +138,8 @@ def test_two_processes_train_like_one(tmp_path, tiny_data):
 def _assert_ok_two_ranks(project: Path, out: subprocess.CompletedProcess) -> dict:
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     lines = out.stdout.rstrip("\n").splitlines()
-    assert lines[-1].startswith("autoresearch: ok"), lines[-1]
-    assert "val_bpb" in metric_lines(out.stdout) and lines[-2].startswith("METRIC")
+    assert summary_line(out.stdout).startswith("autoresearch: ok"), lines[-2:]
+    assert "val_bpb" in metric_lines(out.stdout) and lines[-3].startswith("METRIC")
     row = ledger_rows(project)[-1]
     assert row["status"] == "ok" and row["distributed"]["world_size"] == 2
     log = (project / row["log_path"]).read_text()
@@ -163,8 +163,8 @@ def test_hostfile_with_two_loopback_entries(project, env, tmp_path):
 def test_bad_hostfile_is_a_config_error(project, env, tmp_path):
     out = run_bench(project, dict(env, HOSTS=str(tmp_path / "nope.json")))
     assert out.returncode == 2
-    assert out.stdout.splitlines()[-1].startswith("autoresearch: config_error")
-    assert "cannot read the hostfile" in out.stdout.splitlines()[-1]
+    assert summary_line(out.stdout).startswith("autoresearch: config_error")
+    assert "cannot read the hostfile" in summary_line(out.stdout)
     assert ledger_rows(project)[-1]["status"] == "config_error"
 
 
@@ -207,7 +207,7 @@ def test_one_rank_killed_ends_the_run_clearly(project, env):
     ranks = _when_stepping(project, proc)
     ranks[1].send_signal(signal.SIGKILL)
     stdout, _ = proc.communicate(timeout=90)  # no hang: the other rank is ended too
-    summary = stdout.splitlines()[-1]
+    summary = summary_line(stdout)
     assert proc.returncode == 137, summary
     assert summary.startswith("autoresearch: killed") and "rank 1 was killed by SIGKILL" in summary
     assert "METRIC val_bpb" not in stdout
@@ -224,7 +224,7 @@ def test_a_frozen_rank_ends_as_a_clear_timeout(project, env):
     ranks = _when_stepping(project, proc)
     ranks[1].send_signal(signal.SIGSTOP)
     stdout, _ = proc.communicate(timeout=150)
-    summary = stdout.splitlines()[-1]
+    summary = summary_line(stdout)
     assert proc.returncode == 124, summary
     assert summary.startswith("autoresearch: timeout") and "MLX issue #4475" in summary
     row = ledger_rows(project)[-1]
