@@ -11,7 +11,7 @@ import pytest
 from autoresearch_helpers import (summary_line, bench_env, ledger_rows, make_project, make_synth_dataset,
                                   make_tiny_dataset, metric_lines, run_bench)
 from autogolf.verify.score import TOLERANCE_BPB
-from conftest import FIXTURES, REAL_DOCS, REAL_TOKENIZER
+from conftest import require_fixtures
 
 TRAINER = "benchmark/train_gpt_mlx.py"
 
@@ -20,8 +20,7 @@ TRAINER = "benchmark/train_gpt_mlx.py"
 def data(request, tmp_path_factory, corpus):
     root = tmp_path_factory.mktemp(request.param)
     if request.param == "fineweb_fixtures":
-        if not (REAL_TOKENIZER.is_file() and REAL_DOCS.is_file()):
-            pytest.skip("real FineWeb fixtures not found at ../shared/fixtures (the project-made variant still runs)")
+        require_fixtures()  # the project-made variant below still runs
         return make_tiny_dataset(root, corpus)
     return make_synth_dataset(root)
 
