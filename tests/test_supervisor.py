@@ -192,22 +192,25 @@ def test_stop_lets_a_running_benchmark_finish(project, env, tmp_path):
         "while not Path(sys.argv[2]).exists(): time.sleep(0.1)\n"
         "lock.release(); print('done', flush=True)"), env["AUTOGOLF_LOCK_PATH"], str(flag)],
         cwd=project, env=env, stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "held"
-    assert loop(project, env, "start").returncode == 0
-    one_agent(env)
-    stop = subprocess.Popen([sys.executable, "-m", "autogolf.agent.loop", "stop"], cwd=project, env=env,
-                            stdout=subprocess.PIPE, text=True)
-    lines = []
-    for line in stop.stdout:
-        lines.append(line)
-        if "waiting for it to finish" in line:
-            break
-    assert "benchmark run long-bench is still running: waiting for it to finish" in lines[-1], lines
-    assert sessions(env) == []  # the loop is gone while the benchmark still runs
-    assert holder.poll() is None
-    flag.touch()
-    rest = stop.communicate(timeout=30)[0]
-    assert stop.returncode == 0 and "benchmark run long-bench finished" in rest
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert loop(project, env, "start").returncode == 0
+        one_agent(env)
+        stop = subprocess.Popen([sys.executable, "-m", "autogolf.agent.loop", "stop"], cwd=project, env=env,
+                                stdout=subprocess.PIPE, text=True)
+        lines = []
+        for line in stop.stdout:
+            lines.append(line)
+            if "waiting for it to finish" in line:
+                break
+        assert "benchmark run long-bench is still running: waiting for it to finish" in lines[-1], lines
+        assert sessions(env) == []  # the loop is gone while the benchmark still runs
+        assert holder.poll() is None
+        flag.touch()
+        rest = stop.communicate(timeout=30)[0]
+        assert stop.returncode == 0 and "benchmark run long-bench finished" in rest
+    finally:  # never leave the stand-in benchmark behind, whatever failed
+        flag.touch()
     assert holder.wait(timeout=30) == 0 and holder.stdout.read().strip() == "done"
 
 
