@@ -15,6 +15,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from autogolf.research.sizing import Rules, SizingError
+
 PROFILES_FILE = Path(__file__).with_name("profiles.toml")
 DEFAULT_PROFILE = "breadth"
 
@@ -30,6 +32,7 @@ class Profile:
     timeout_seconds: float  # hard limit for the whole trainer process (AUTOGOLF_TIMEOUT wins)
     env: dict[str, str]  # the profile's own values
     holdout_tokens: int = 0  # hidden holdout the harness scores (autogolf/verify/dataview.py)
+    sizing: Rules | None = None  # sized to the machine: ladder, target, timeout margin (sizing.py)
     resolved: dict[str, str] = field(default_factory=dict)  # after environment overrides
     overrides: dict[str, str] = field(default_factory=dict)  # variables the environment changed
 
@@ -59,11 +62,14 @@ def load(name: str | None = None, environ: dict | None = None, path: Path = PROF
         timeout = float(raw["timeout_seconds"])
         holdout = int(raw.get("holdout_tokens", 0))
         env = {str(k): _env_value(v) for k, v in raw.get("env", {}).items()}
+        sizing = Rules.from_table(raw["sizing"], f"{path}: profile {name}") if "sizing" in raw else None
+    except SizingError as e:
+        raise ProfileError(str(e)) from e
     except (KeyError, TypeError, ValueError) as e:
         raise ProfileError(f"{path}: profile {name} needs timeout_seconds and an env table "
                            f"of scalars ({e})") from e
     profile = Profile(name=name, description=str(raw.get("description", "")).strip(),
-                      timeout_seconds=timeout, env=env, holdout_tokens=holdout)
+                      timeout_seconds=timeout, env=env, holdout_tokens=holdout, sizing=sizing)
     for key, value in env.items():
         if key in environ and environ[key] != value:
             profile.overrides[key] = environ[key]

@@ -51,7 +51,7 @@ import psutil
 from autogolf import checks, distributed, ledger, logparse, metrics, profiles, storage
 from autogolf.blas import preload_env
 from autogolf.cache import CacheError, resolve_dataset, verify_cache
-from autogolf.research import budget, repeats, verdict
+from autogolf.research import budget, probe, repeats, sizing, verdict
 from autogolf.runlock import LockTimeout, RunLock
 from autogolf.shards import ShardError
 from autogolf.verify import dataview, score, shardstate
@@ -129,16 +129,21 @@ def kill_tree(proc: subprocess.Popen, grace: float) -> None:
     proc.wait()
 
 
-def _stream(proc: subprocess.Popen, console_path: Path, state: dict) -> None:
+def _stream(proc: subprocess.Popen, console_path: Path, state: dict, on_line=None) -> None:
     """Copy the trainer's output to the console file; echo it to stdout with a prefix (so
-    nothing the trainer prints can pose as a METRIC line), val_progress thinned out."""
+    nothing the trainer prints can pose as a METRIC line), val_progress thinned out.
+    `on_line(line, seconds since the trainer started)` sees every line as it arrives: the
+    harness's own clock for the sizing probe and the timeout projection (sizing.py)."""
     last_progress = 0.0
+    started = time.monotonic()
     with open(console_path, "wb") as console:
         for raw in iter(proc.stdout.readline, b""):
             console.write(raw)
             console.flush()
             line = raw.decode("utf-8", errors="replace").rstrip()
             state["last_line"] = line or state.get("last_line", "")
+            if on_line is not None:
+                on_line(line, time.monotonic() - started)
             if line.startswith("val_progress:"):
                 now = time.monotonic()
                 if now - last_progress < _PROGRESS_QUIET_SECONDS:
@@ -166,7 +171,7 @@ def _die_with_parent(parent_pid: int):
 
 
 def run_trainer(cmd: list[str], env: dict, console_path: Path, timeout: float, grace: float,
-                lock: RunLock, cwd: Path = REPO_ROOT) -> dict:
+                lock: RunLock, cwd: Path = REPO_ROOT, on_line=None) -> dict:
     """Run the trainer to completion, timeout or interruption. Returns returncode,
     timed_out, trainer_s; raises Interrupted (after the tree is dead) on SIGINT/SIGTERM."""
     console_path.parent.mkdir(parents=True, exist_ok=True)
@@ -179,7 +184,7 @@ def run_trainer(cmd: list[str], env: dict, console_path: Path, timeout: float, g
                             preexec_fn=_die_with_parent(os.getpid()))
     lock.set_trainer_pid(proc.pid)
     state: dict = {}
-    reader = threading.Thread(target=_stream, args=(proc, console_path, state), daemon=True)
+    reader = threading.Thread(target=_stream, args=(proc, console_path, state, on_line), daemon=True)
     reader.start()
     timed_out = False
     try:
@@ -273,6 +278,110 @@ def _int(raw: str, name: str) -> int:
         return int(raw or "0")
     except ValueError:
         raise profiles.ProfileError(f"{name}={raw!r} is not an integer; fix that setting") from None
+
+
+# --------------------------------------------------------------------------- machine sizing
+
+class Projection:
+    """Watches the trainer's step lines (harness clock) and projects its lifetime: a run
+    heading past its hard timeout says so at once, and a timed-out run says by how much."""
+
+    def __init__(self, timeout_s: float, tail_s: float):
+        self.timeout_s, self.tail_s = timeout_s, tail_s
+        self.clock = sizing.StepClock(started=0.0)
+        self.projected: float | None = None
+        self.warned = False
+
+    def __call__(self, line: str, now_s: float) -> None:
+        if not self.clock.feed(line, now_s):
+            return
+        self.projected = sizing.project(self.clock, now_s, self.tail_s)
+        if self.projected is not None and self.projected > self.timeout_s and not self.warned:
+            self.warned = True
+            say(sizing.warning_line(self.projected, self.timeout_s, self.clock))
+
+    def at_kill(self, lifetime_s: float) -> float | None:
+        """The projection when the trainer was killed: a stall since the last step counts."""
+        late = sizing.project(self.clock, lifetime_s, self.tail_s)
+        return max(p for p in (self.projected, late) if p is not None) if late or self.projected else None
+
+
+def _sizing_mode() -> str:
+    mode = os.environ.get("AUTOGOLF_SIZING", "on") or "on"
+    if mode not in ("on", "off"):
+        raise profiles.ProfileError(f"AUTOGOLF_SIZING={mode!r}: use on (the default) or off")
+    return mode
+
+
+def size_and_time(profile: profiles.Profile, env: dict, row: dict, lock: RunLock, grace: float) -> float:
+    """For a sized profile: probe this machine once (autogolf/research/probe.py) and put
+    its budget choice into the profile; then the run's hard timeout (sizing.py), recorded
+    in row["sizing"]. Unsized profiles, AUTOGOLF_SIZING=off or a failed probe: the
+    profile's timeout_seconds. AUTOGOLF_TIMEOUT wins over both."""
+    fixed = _env_seconds("AUTOGOLF_TIMEOUT", profile.timeout_seconds)
+    if profile.sizing is None:
+        return fixed
+    if _sizing_mode() == "off":
+        row["sizing"] = {"state": "off (AUTOGOLF_SIZING=off): the profile's budget and timeout"}
+        return fixed
+    if probe.needs_probe(profile, REPO_ROOT):
+        lock.set_deadline(time.time() + probe.PROBE_TIMEOUT_SECONDS + 2 * grace + 60)
+
+        def spawn(cmd, probe_env, console, limit, on_line):
+            return run_trainer(cmd, probe_env, console, limit, grace, lock, on_line=on_line)
+
+        try:
+            probe.size(profile, env, REPO_ROOT, spawn, say)
+        except sizing.SizingError as e:
+            say(f"autoresearch: warning: sizing failed: {e}; this run keeps the profile's budget "
+                f"and {profile.timeout_seconds:g} s timeout, and the next run probes again")
+            row["sizing"] = {"state": f"probe failed: {e}"}
+            return fixed
+        row["budget"] = budget.apply(profile, os.environ, REPO_ROOT)
+        env.update(profile.resolved)
+    record = budget.sizing_record(budget.read_machine_file(budget.machine_path(REPO_ROOT)), profile.name)
+    if record is None or row["budget"]["kind"] != "tokens":
+        return fixed
+    tokens = int(row["budget"]["value"])
+    expected, basis = sizing.expected_trainer_s(record, tokens)
+    then = ((record.get("measured") or {}) if basis.startswith("measured") else record["probe"]).get("sgemm_gflops")
+    now = probe.machine_gflops()
+    factor = sizing.slowdown(then, now)
+    timeout = sizing.hard_timeout(profile.sizing, expected, factor)
+    row["sizing"] = {"state": "sized", "tokens": tokens, "chosen_tokens": record.get("tokens"),
+                     "expected_trainer_s": round(expected, 1), "basis": basis,
+                     "sgemm_gflops": now, "sgemm_gflops_then": then, "slowdown": round(factor, 3),
+                     "timeout_s": timeout, "tail_s": record["probe"].get("tail_s", 0.0),
+                     "probe_at": record["probe"].get("at"), "train_tok_s": record["probe"].get("train_tok_s"),
+                     "trainer_sha256": record["probe"].get("trainer_sha256")}
+    if factor > 1.2:
+        say(f"autoresearch: this machine is {factor:.1f}x slower than when breadth was sized "
+            f"(sgemm {now} vs {then} GFLOP/s): the timeout stretches to {timeout:g} s; the budget "
+            f"stays (comparable runs); `just calibrate --quick` re-sizes it (a new baseline)")
+    return _env_seconds("AUTOGOLF_TIMEOUT", timeout)
+
+
+def budget_label(row: dict, timeout: float | None, grace: float) -> str:
+    """`budget=... timeout=... pi_timeout=...` for every summary line."""
+    b = row.get("budget") or {}
+    if b.get("kind") == "tokens":
+        amount = f"{b['value']:,}tok"
+    elif b.get("value") is not None:
+        amount = f"{b['value']}{'s' if b.get('kind') == 'seconds' else ' steps'}"
+    else:
+        amount = "trainer-default"
+    source = str(b.get("source", "?"))
+    where = "probe" if "(probe" in source else "calibrate" if "calibrate" in source else \
+        "override" if "override" in source else source
+    sized = row.get("sizing") or {}
+    if sized.get("state") == "sized":
+        where += f" {str(sized.get('probe_at', '?'))[:10]} {sized.get('train_tok_s', 0):.0f}tok/s"
+    elif sized.get("state"):
+        where += f"; sizing {sized['state'].split(':')[0]}"
+    if timeout is None:
+        return f"budget={amount}({where})"
+    return (f"budget={amount}({where}) timeout={timeout:g}s "
+            f"pi_timeout={sizing.pi_timeout(timeout, grace)}s")
 
 
 # --------------------------------------------------------------------------- the run
@@ -407,6 +516,9 @@ def run_one(profile_name: str, run_id: str, repeat: dict | None) -> int:
     trainer_s = 0.0
     dataset_label = "?"
     profile: profiles.Profile | None = None
+    timeout: float | None = None
+    grace = 10.0
+    projection: Projection | None = None
     try:
         profile = profiles.load(profile_name)
         row["budget"] = budget.apply(profile, os.environ, REPO_ROOT)
@@ -458,19 +570,22 @@ def run_one(profile_name: str, run_id: str, repeat: dict | None) -> int:
         env.update({"DATA_PATH": str(view_dir), "TOKENIZER_PATH": str(tokenizer_path),
                     "RUN_ID": run_id, "OUT_DIR": str(logs_dir), "PYTHONUNBUFFERED": "1"})
         env = preload_env(env)  # optimized BLAS on Linux CPU (autogolf/blas.py)
+        grace = _env_seconds("AUTOGOLF_KILL_GRACE_SECONDS", 10.0)
+        # Breadth is sized to this machine (a probe, once) and its timeout follows (sizing.py)
+        timeout = size_and_time(profile, env, row, lock, grace)
         row["settings"] = _settings(trainer, env, profile)
         row["blas_preload"] = env.get("LD_PRELOAD", "")
         launch = row["distributed"] = distributed.plan(env)  # NPROC / HOSTS: mlx.launch
         row["settings"].update({k: env[k] for k in ("NPROC", "HOSTS") if env.get(k)})
 
-        timeout = _env_seconds("AUTOGOLF_TIMEOUT", profile.timeout_seconds)
-        grace = _env_seconds("AUTOGOLF_KILL_GRACE_SECONDS", 10.0)
         lock.set_deadline(time.time() + timeout + 2 * grace + 60)  # + evaluation and bookkeeping
-        say(f"autoresearch: dataset={dataset_label} trainer={trainer.name} timeout={timeout:g}s "
+        say(f"autoresearch: dataset={dataset_label} trainer={trainer.name} {budget_label(row, timeout, grace)} "
             f"log={log_path.relative_to(REPO_ROOT)}")
         command = distributed.trainer_command(sys.executable, trainer, launch, REPO_ROOT,
                                               dict(row["settings"], PYTHONUNBUFFERED="1"))
-        outcome = run_trainer(command, env, console_path, timeout, grace, lock)
+        if row["budget"]["kind"] in ("tokens", "steps"):  # a step count to project from
+            projection = Projection(timeout, float((row.get("sizing") or {}).get("tail_s") or 0.0))
+        outcome = run_trainer(command, env, console_path, timeout, grace, lock, on_line=projection)
         trainer_s = outcome["trainer_s"]
         rc, rank_note = distributed.rank_returncode(outcome["returncode"], _read_text(console_path)) \
             if launch else (outcome["returncode"], "")
@@ -494,6 +609,7 @@ def run_one(profile_name: str, run_id: str, repeat: dict | None) -> int:
             status, reason = "timeout", (f"trainer exceeded the {timeout:g} s timeout (profile "
                                          f"{profile.name}; AUTOGOLF_TIMEOUT) and was killed"
                                          f"{distributed.HANG_NOTE if launch else ''}; "
+                                         f"{sizing.miss_note(projection.at_kill(trainer_s) if projection else None, timeout)}; "
                                          f"last output: {outcome['last_line'][:160]}")
         elif rc < 0:
             status, reason = "killed", f"trainer was killed by {signal.Signals(-rc).name}"
@@ -516,6 +632,12 @@ def run_one(profile_name: str, run_id: str, repeat: dict | None) -> int:
         if status == "ok":  # the harness's own score of the artifact, the probe, the holdout
             status, reason = _score(row, trainer, artifact, dataset_dir, tokenizer_path, env, lock,
                                     timeout, grace, result.metrics["val_bpb"])
+        if status == "ok" and (row.get("sizing") or {}).get("state") == "sized" and not repeat:
+            # the baseline's own duration at the chosen budget: the next timeouts follow it
+            if budget.record_measured(budget.machine_path(REPO_ROOT), profile.name, row["sizing"]["tokens"],
+                                      row["trainer"]["sha256"], trainer_s, run_id, row["sizing"].get("sgemm_gflops")):
+                say(f"autoresearch: sizing: the baseline took {trainer_s:.0f} s at this budget "
+                    f"(predicted {row['sizing']['expected_trainer_s']:.0f} s); later timeouts follow it")
     except Interrupted as e:
         status, reason = "interrupted", f"interrupted by {signal.Signals(e.signum).name}"
         row["signal"] = e.signum
@@ -564,6 +686,8 @@ def run_one(profile_name: str, run_id: str, repeat: dict | None) -> int:
             printed = repeats.apply_to_metrics(result.metrics, summary)
             row["verdict"] = verdict.for_run(row, rows_before, REPO_ROOT) if status == "ok" else \
                 verdict.not_judged(f"{status}: {_one_line(reason, 200)}")
+            if timeout is not None:  # pi-autoresearch must not kill what the harness lets finish
+                row["verdict"]["pi_timeout_s"] = sizing.pi_timeout(timeout, grace)
         except Exception as e:  # a bug there must not cost the run its ledger row
             row["verdict"] = verdict.not_judged(f"no verdict: {type(e).__name__}: {e}")
             row["verdict"]["call"] = "inconclusive"
@@ -588,7 +712,8 @@ def run_one(profile_name: str, run_id: str, repeat: dict | None) -> int:
         code = 128 + int(row.get("signal", signal.SIGTERM))
     if not last_repeat:
         say(f"autoresearch: repeat {repeat['index']}/{repeat['of']} (SEED={repeat['seed'] or 'default'}) "
-            f"{status} val_bpb={result.metrics.get('val_bpb')} log={row['log_path']}")
+            f"{status} val_bpb={result.metrics.get('val_bpb')} {budget_label(row, timeout, grace)} "
+            f"log={row['log_path']}")
         return code
     if row.get("repeats"):
         say(f"autoresearch: {repeats.describe(row['repeats'])}")
@@ -611,10 +736,11 @@ def run_one(profile_name: str, run_id: str, repeat: dict | None) -> int:
             f"headroom={m['artifact_headroom_bytes']:,} wall={wall:.1f}s train={train_s:.1f}s "
             f"overhead={m['harness_overhead_pct']:.1f}% (harness {wall - trainer_s:.1f}s)"
             f" harness_score=agrees(|diff|={row['harness_score']['abs_diff']:.1e})"
-            f"{overrides} log={row['log_path']}")
+            f" {budget_label(row, timeout, grace)}{overrides} log={row['log_path']}")
     else:
         say(f"autoresearch: {status} profile={profile_name} dataset={dataset_label} "
-            f"wall={wall:.1f}s log={row['console_path']} reason: {_one_line(reason)}")
+            f"wall={wall:.1f}s {budget_label(row, timeout, grace)} log={row['console_path']} "
+            f"reason: {_one_line(reason)}")
     say(verdict.format_line(row["verdict"]))
     return code
 

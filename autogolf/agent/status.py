@@ -20,8 +20,9 @@ from pathlib import Path
 
 import psutil
 
-from autogolf import ledger, logparse
+from autogolf import ledger, logparse, profiles
 from autogolf.agent import session
+from autogolf.research import budget, sizing, verdict
 
 
 def _duration(seconds: float) -> str:
@@ -109,7 +110,8 @@ def ledger_lines(last: int) -> list[str]:
         value = _bpb(run)
         checks_failed = (run.get("checks") or {}).get("passed") is False
         if run.get("status") == "ok" and value is not None and not checks_failed:
-            key = (run.get("profile") or "?", (run.get("dataset") or {}).get("name") or "?")
+            key = (run.get("profile") or "?", (run.get("dataset") or {}).get("name") or "?",
+                   verdict.budget_text(run))  # never across budgets: they are not comparable
             if key not in best or value < best[key][0]:
                 best[key] = (value, run.get("run_id", "?"))
     lines = [f"ledger   {len(runs)} runs; last {min(last, len(runs))}:"]
@@ -123,8 +125,34 @@ def ledger_lines(last: int) -> list[str]:
         lines.append(f"  {str(run.get('run_id', '?'))[:32]:<32} {str(run.get('profile', '-')):<8} "
                      f"{status:<22} {(f'{value:.4f}' if value is not None else '-'):>8} "
                      f"{(f'{wall:.0f}s' if isinstance(wall, (int, float)) else '-'):>6}")
-    lines.append("best     " + ("; ".join(f"{p} on {d}: {v:.4f} ({r})" for (p, d), (v, r) in sorted(best.items()))
+    lines.append("best     " + ("; ".join(f"{p} on {d} at {b}: {v:.4f} ({r})"
+                                        for (p, d, b), (v, r) in sorted(best.items()))
                               or "no successful run yet"))
+    lines += sizing_lines(runs)
+    return lines
+
+
+def sizing_lines(runs: list[dict]) -> list[str]:
+    """The machine's budget choice per sized profile, and every change of it in the ledger
+    (runs before a change are not compared with runs after it)."""
+    lines = []
+    try:
+        machine = budget.read_machine_file(budget.machine_path(session.REPO_ROOT)) or {}
+    except profiles.ProfileError as e:
+        return [f"sizing   {e}"]
+    for name, record in sorted((machine.get("sizing") or {}).items()):
+        probe = record.get("probe") or {}
+        measured = record.get("measured") or {}
+        expected = measured.get("trainer_s") or record.get("predicted_trainer_s") or 0
+        margin = float(record.get("timeout_margin") or 2.0)
+        timeout = math.ceil(margin * expected)
+        lines.append(f"sizing   {name}: {record.get('tokens', 0):,} tokens (probe {str(probe.get('at', '?'))[:16]}: "
+                     f"{probe.get('train_tok_s', 0):.0f} tok/s, sgemm {probe.get('sgemm_gflops')} GFLOP/s); "
+                     f"baseline trainer {expected:.0f} s ({'measured' if measured else 'predicted'}), "
+                     f"timeout about {timeout} s, pi timeout_seconds {sizing.pi_timeout(timeout, 10.0)}")
+    for change in verdict.budget_changes(runs)[-3:]:
+        lines.append(f"budget   {change['profile']}: changed from {change['from']} to {change['to']} at run "
+                     f"{change['run_id']} ({change['source']}): a new baseline, earlier runs not compared")
     return lines
 
 

@@ -14,6 +14,11 @@ no verdicts) but take the machine-wide run lock one at a time, like benchmark ru
 run's log is in logs/calibrate/. `--tiny` uses a tiny model (smoke's shape) and tiny
 budgets: minutes on a loaded 2-core CPU, for a first figure; its budget fits that model,
 not the baseline's, so it is not written unless --write is given too.
+
+`--quick` does something else: it re-sizes the profile to this machine by the throughput
+probe alone (sizing.py; about a minute), as the first breadth run on a machine does. Use it
+after a hardware or BLAS change; a new choice starts a new baseline. A choice this command
+made by rank fidelity still takes precedence over the probe's.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from pathlib import Path
 from autogolf import logparse, metrics, profiles
 from autogolf.blas import preload_env
 from autogolf.cache import resolve_dataset
-from autogolf.research import budget
+from autogolf.research import budget, probe, sizing
 from autogolf.runlock import RunLock
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -144,12 +149,56 @@ def _parse_args(argv):
     parser.add_argument("--machine-file", type=Path, default=None,
                         help="where --write stores the choice (default logs/machine.json, the file runs read)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per trainer run (default 1800)")
+    parser.add_argument("--quick", action="store_true",
+                        help="only re-size the profile to this machine with the throughput probe (about a "
+                             "minute; writes logs/machine.json): the budget a breadth run gets, and its timeout")
     return parser.parse_args(argv)
+
+
+def quick(profile: profiles.Profile) -> int:
+    """Re-size `profile` with the probe, under the run lock, on the data view a run gets."""
+    from autogolf import run  # the trainer process, exactly as a benchmark run starts it
+    from autogolf.verify import dataview
+
+    if profile.sizing is None:
+        print(f"calibrate: profile {profile.name} has no [sizing] table in profiles.toml; nothing to size")
+        return 2
+    lock = RunLock(run_id="calibrate-quick", report=lambda msg: print(msg, flush=True))
+    lock.acquire()
+    view = REPO_ROOT / "logs" / "views" / f"probe-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        dataset_dir, tokenizer_path, _ = resolve_dataset(REPO_ROOT / "data")
+        view_dir, _ = dataview.build_view(dataset_dir, view, int(profile.resolved.get("VAL_MAX_TOKENS", "0")),
+                                          profile.holdout_tokens)
+        env = preload_env(dict(os.environ, **profile.resolved, DATA_PATH=str(view_dir),
+                               TOKENIZER_PATH=str(tokenizer_path)))
+
+        def spawn(cmd, probe_env, console, limit, on_line):
+            return run.run_trainer(cmd, probe_env, console, limit, 10.0, lock, on_line=on_line)
+
+        record = probe.size(profile, env, REPO_ROOT, spawn, lambda msg: print(msg, flush=True))
+    except sizing.SizingError as e:
+        print(f"calibrate: the probe failed: {e}")
+        return 1
+    finally:
+        dataview.remove_view(view)
+        lock.release()
+    old = (record.get("history") or [{}])[-1].get("tokens")
+    if old is not None and old != record["tokens"]:
+        print(f"calibrate: the choice changed from {old:,} to {record['tokens']:,} tokens: the next run "
+              f"of {profile.name} starts a new baseline")
+    machine = budget.read_machine_file(budget.machine_path(REPO_ROOT)) or {}
+    if (machine.get("profiles") or {}).get(profile.name):
+        print(f"calibrate: note: a rank-fidelity choice for {profile.name} is in logs/machine.json and takes "
+              f"precedence over the probe's budget (the probe still sets the timeout)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     profile = profiles.load(args.profile, environ={})
+    if args.quick:
+        return quick(profile)
     if "TRAIN_BUDGET_TOKENS" not in profile.env:
         print(f"calibrate: profile {args.profile} has no token budget (TRAIN_BUDGET_TOKENS); nothing to calibrate")
         return 2

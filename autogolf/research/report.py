@@ -74,19 +74,22 @@ def summary_rows(groups: dict, kept: set[str], runs: list[dict]) -> list[list[st
     out = []
     for (profile, dataset), exps in sorted(groups.items()):
         calls = [classify(e, kept) for e in exps]
+        # the best within the latest budget: runs on another budget are not comparable
+        current = verdict.budget_text(exps[-1].members[-1])
         kept_exps = [e for e, c in zip(exps, calls) if c == "kept"]
-        best = min(kept_exps, key=lambda e: e.val_bpb) if kept_exps else None
+        same = [e for e in kept_exps if verdict.budget_text(e.members[-1]) == current]
+        best = min(same, key=lambda e: e.val_bpb) if same else None
         hold = _holdout(best) if best else None
         out.append([profile, dataset, str(len(exps)), str(calls.count("kept")),
                     str(calls.count("discarded")), str(calls.count("crash")),
                     f"{best.val_bpb:.6f}" if best else "-", f"{hold:.6f}" if hold is not None else "-",
-                    best.run_id if best else "-", _noise(runs, exps, best)])
+                    best.run_id if best else "-", _noise(runs, exps, best), current])
     return out
 
 
 SUMMARY_HEAD = ["profile", "dataset", "experiments", "kept", "discarded", "crashes",
-                "best kept val_bpb", "its holdout", "best run", "noise floor"]
-RUNS_HEAD = ["run", "profile", "status", "val_bpb", "holdout", "n", "tok_s", "verdict", "kept"]
+                "best kept val_bpb", "its holdout", "best run", "noise floor", "budget"]
+RUNS_HEAD = ["run", "profile", "status", "val_bpb", "holdout", "n", "tok_s", "verdict", "kept", "budget"]
 
 
 def run_rows(exps: list[verdict.Experiment], kept: set[str], last: int) -> list[list[str]]:
@@ -98,7 +101,8 @@ def run_rows(exps: list[verdict.Experiment], kept: set[str], last: int) -> list[
         out.append([exp.run_id, str(m.get("profile")), str(m.get("status")),
                     f"{exp.val_bpb:.6f}" if exp.val_bpb is not None else "-",
                     f"{hold:.6f}" if hold is not None else "-", str(exp.n),
-                    f"{exp.tok_s:.0f}" if exp.tok_s else "-", call, classify(exp, kept)])
+                    f"{exp.tok_s:.0f}" if exp.tok_s else "-", call, classify(exp, kept),
+                    verdict.budget_text(m) if m.get("budget") else "-"])
     return out
 
 
@@ -221,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = summary_rows(groups, kept, runs)
     exps = verdict.experiments(runs)  # in the order they started
     print(text_table(SUMMARY_HEAD, summary))
+    for change in verdict.budget_changes(runs):
+        print(f"budget change: {change['profile']} from {change['from']} to {change['to']} at run "
+              f"{change['run_id']} ({change['source']}): a new baseline; runs on either side are not compared")
     print()
     print(text_table(RUNS_HEAD, run_rows(exps, kept, args.last)))
     out = args.out or path.parent

@@ -83,17 +83,61 @@ def comparable_settings(row: dict) -> dict:
             if k not in VOLATILE_SETTINGS and not k.startswith("AUTOGOLF_")}
 
 
-def comparison_key(row: dict) -> str:
-    """What must be equal for two runs' val_bpb to be compared (see the module doc)."""
+def comparison_key(row: dict, with_budget: bool = True) -> str:
+    """What must be equal for two runs' val_bpb to be compared (see the module doc).
+    Without the budget (and the budget's own variable among the settings): the key that
+    tells a new budget choice on this machine from a new profile, dataset or setting."""
     budget = {k: v for k, v in (row.get("budget") or {}).items() if k in ("kind", "value")}
     machine = row.get("machine") or {}
+    settings = comparable_settings(row)
+    if not with_budget:
+        settings.pop((row.get("budget") or {}).get("variable"), None)
     return json.dumps({
         "profile": row.get("profile"),
         "dataset": (row.get("dataset") or {}).get("fingerprint"),
-        "budget": budget,
+        "budget": budget if with_budget else None,
         "machine": [machine.get("hostname"), machine.get("machine"), machine.get("cpu_count")],
-        "settings": comparable_settings(row),
+        "settings": settings,
     }, sort_keys=True)
+
+
+def budget_text(row: dict) -> str:
+    b = row.get("budget") or {}
+    if b.get("kind") == "tokens":
+        return f"{b.get('value'):,} tokens"
+    return f"{b.get('value')} {b.get('kind', '?')}" if b.get("value") is not None else "the trainer's default"
+
+
+def previous_budget(current: "Experiment", history: list["Experiment"], kept: set[str]) -> dict | None:
+    """The last kept, honest run that differs from `current` only in its training budget:
+    the budget choice changed since it (a re-sizing or a calibration), so this is a new
+    baseline. None when there is none."""
+    if not current.members:
+        return None
+    key = comparison_key(current.members[-1], with_budget=False)
+    earlier = [e for e in history if e.key != current.key and e.honest and e.trainer_sha in kept and e.members
+               and comparison_key(e.members[-1], with_budget=False) == key]
+    return earlier[-1].members[-1] if earlier else None
+
+
+def budget_changes(runs: list[dict]) -> list[dict]:
+    """Where the training budget of a profile changed on one machine and dataset (a new
+    sizing or calibration choice), in ledger order: every finished run after such a change
+    starts a new comparable set. Runs under an override do not count as a choice."""
+    last: dict[str, dict] = {}
+    changes = []
+    for run in runs:
+        if run.get("status") != "ok" or run.get("overrides") or not run.get("budget"):
+            continue
+        key = comparison_key(run, with_budget=False)
+        before = last.get(key)
+        if before is not None and comparison_key(before) != comparison_key(run):
+            changes.append({"profile": run.get("profile"), "run_id": run.get("run_id"),
+                            "from": budget_text(before), "to": budget_text(run),
+                            "source": (run.get("budget") or {}).get("source", "?"),
+                            "at": run.get("started_at")})
+        last[key] = run
+    return changes
 
 
 def checks_passed(rows: list[dict]) -> bool:
@@ -263,6 +307,13 @@ def decide(current: Experiment, history: list[Experiment], noise: Noise | None,
     pool = [e for e in history if e.key == current.key and e.honest and e.trainer_sha in kept
             and e.run_id != current.run_id and e.val_bpb is not None]
     if not pool:
+        before = previous_budget(current, history, kept)
+        if before is not None:
+            verdict.update(call="keep", reason=f"new baseline: the training budget changed from "
+                           f"{budget_text(before)} to {budget_text(current.members[-1])} "
+                           f"({(current.members[-1].get('budget') or {}).get('source', '?')}); runs on "
+                           f"the old budget are not compared with this one")
+            return verdict
         verdict.update(call="keep", reason="baseline: no kept run with this profile, dataset, "
                        "budget, machine and settings passed its checks yet")
         return verdict
@@ -337,7 +388,8 @@ def format_line(verdict: dict) -> str:
             f"min_improvement={verdict['min_improvement']} "
             f"throughput={'n/a' if change is None else format(change, '+.1%')} "
             f"repeats={verdict.get('repeats', 1)} vs={verdict.get('compared_with') or '-'} "
-            f"reason: {verdict['reason']}")
+            + (f"timeout_seconds={verdict['pi_timeout_s']} " if verdict.get("pi_timeout_s") else "")
+            + f"reason: {verdict['reason']}")
 
 
 def for_run(row: dict, runs_before: list[dict], repo_root: Path) -> dict:
