@@ -85,7 +85,7 @@ ledger *ARGS:
 report *ARGS:
     {{py}} -m autogolf.research.report {{ARGS}}
 
-# measure how well breadth's token budget ranks ideas (Spearman vs a longer run); writes logs/machine.json
+# how well breadth's token budget ranks ideas (Spearman vs a longer run); --quick: only re-size breadth to this machine by the probe; writes logs/machine.json
 calibrate *ARGS:
     {{py}} -m autogolf.research.calibrate {{ARGS}}
 
