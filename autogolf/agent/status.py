@@ -145,11 +145,22 @@ def sizing_lines(runs: list[dict]) -> list[str]:
         measured = record.get("measured") or {}
         expected = measured.get("trainer_s") or record.get("predicted_trainer_s") or 0
         margin = float(record.get("timeout_margin") or 2.0)
-        timeout = math.ceil(margin * expected)
+        timeout = max(float(record.get("min_timeout_seconds") or 0), math.ceil(margin * expected))
         lines.append(f"sizing   {name}: {record.get('tokens', 0):,} tokens (probe {str(probe.get('at', '?'))[:16]}: "
                      f"{probe.get('train_tok_s', 0):.0f} tok/s, sgemm {probe.get('sgemm_gflops')} GFLOP/s); "
                      f"baseline trainer {expected:.0f} s ({'measured' if measured else 'predicted'}), "
-                     f"timeout about {timeout} s, pi timeout_seconds {sizing.pi_timeout(timeout, 10.0)}")
+                     f"timeout about {timeout:.0f} s, pi timeout_seconds {sizing.pi_timeout(timeout, 10.0)}")
+    fixed = []
+    for name in sorted(profiles.load_all()):
+        if name not in (machine.get("sizing") or {}):
+            try:
+                profile = profiles.load(name, environ={})
+            except profiles.ProfileError:
+                continue
+            fixed.append(f"{name} {sizing.pi_timeout(profile.timeout_seconds, 10.0)}")
+    if fixed:
+        lines.append("pi       timeout_seconds for run_experiment: " + ", ".join(fixed)
+                     + ("" if (machine.get("sizing") or {}) else " (breadth: before its first run probes this machine)"))
     for change in verdict.budget_changes(runs)[-3:]:
         lines.append(f"budget   {change['profile']}: changed from {change['from']} to {change['to']} at run "
                      f"{change['run_id']} ({change['source']}): a new baseline, earlier runs not compared")
