@@ -343,7 +343,7 @@ def size_and_time(profile: profiles.Profile, env: dict, row: dict, lock: RunLock
     if record is None or row["budget"]["kind"] != "tokens":
         return fixed
     tokens = int(row["budget"]["value"])
-    expected, basis = sizing.expected_trainer_s(record, tokens)
+    expected, basis = sizing.expected_trainer_s(record, tokens, profile.sizing.probe_allowance)
     then = ((record.get("measured") or {}) if basis.startswith("measured") else record["probe"]).get("sgemm_gflops")
     now = probe.machine_gflops()
     factor = sizing.slowdown(then, now)

@@ -63,6 +63,7 @@ def test_the_timeout_is_the_margin_times_the_expected_time_stretched_for_a_slowe
     record["measured"] = {"tokens": 147456, "trainer_s": 290.0, "at": "2026-12-02T09:00"}
     assert sizing.expected_trainer_s(record, 147456) == (290.0, "measured 2026-12-02")
     assert sizing.expected_trainer_s(record, 73728)[1].startswith("probe")  # measured at another budget
+    assert sizing.expected_trainer_s(record, 73728, 1.25)[0] == pytest.approx(1.25 * (30.0 + 73728 / 600.0))
     assert sizing.hard_timeout(RULES, 290.0) == 580.0
     assert sizing.hard_timeout(RULES, 290.0, sizing.slowdown(200.0, 100.0)) == 1160.0
     assert sizing.slowdown(100.0, 200.0) == 1.0  # a faster day never shortens it

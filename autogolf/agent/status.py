@@ -143,7 +143,8 @@ def sizing_lines(runs: list[dict]) -> list[str]:
     for name, record in sorted((machine.get("sizing") or {}).items()):
         probe = record.get("probe") or {}
         measured = record.get("measured") or {}
-        expected = measured.get("trainer_s") or record.get("predicted_trainer_s") or 0
+        expected = measured.get("trainer_s") or \
+            float(record.get("probe_allowance") or 1.0) * float(record.get("predicted_trainer_s") or 0)
         margin = float(record.get("timeout_margin") or 2.0)
         timeout = max(float(record.get("min_timeout_seconds") or 0), math.ceil(margin * expected))
         lines.append(f"sizing   {name}: {record.get('tokens', 0):,} tokens (probe {str(probe.get('at', '?'))[:16]}: "

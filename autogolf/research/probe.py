@@ -109,6 +109,7 @@ def size(profile: Profile, env: dict, repo_root: Path, spawn: Spawn, say: Callab
               "predicted_trainer_s": round(sizing.predicted_trainer_s(probe, choice["tokens"]), 1),
               "ladder": list(rules.ladder), "target_train_seconds": rules.target_train_seconds,
               "min_timeout_seconds": rules.min_timeout_seconds,
+              "probe_allowance": rules.probe_allowance,
               "timeout_margin": rules.timeout_margin, "note": choice["note"]}
     record = budget.write_sizing(budget.machine_path(repo_root), profile.name, record)
     say(f"autoresearch: sizing: {probe['train_tok_s']:.0f} training tok/s, {probe['fixed_s']:.0f} s "
