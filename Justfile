@@ -19,11 +19,11 @@ bootstrap *ARGS:
 
 # build a data cache from local documents (.jsonl / .parquet / .txt, or a folder of them)
 corpus SRC *ARGS:
-    {{py}} -m autogolf.corpus "{{SRC}}" {{ARGS}}
+    {{py}} -m autogolf.data.corpus "{{SRC}}" {{ARGS}}
 
 # check that the tokenizer, shards and manifest agree; print token counts per split
 verify-data *ARGS:
-    {{py}} -m autogolf.cache verify {{ARGS}}
+    {{py}} -m autogolf.data.cache verify {{ARGS}}
 
 # the cheap proxy benchmark the agent runs by default
 breadth:
@@ -75,19 +75,19 @@ bench-corpus *ARGS:
 
 # which BLAS MLX uses, with a measured fp32 matmul GFLOP/s
 blas:
-    {{py}} -m autogolf.blas
+    {{py}} -m autogolf.run.blas
 
 # the run ledger (logs/runs.jsonl)
 ledger *ARGS:
-    {{py}} -m autogolf.ledger {{ARGS}}
+    {{py}} -m autogolf.judge.ledger {{ARGS}}
 
 # progress: a table per profile, logs/progress.png and logs/report.html
 report *ARGS:
-    {{py}} -m autogolf.research.report {{ARGS}}
+    {{py}} -m autogolf.lab.report {{ARGS}}
 
 # measure how well breadth's token budget ranks ideas (Spearman vs a longer run); writes logs/machine.json
 calibrate *ARGS:
-    {{py}} -m autogolf.research.calibrate {{ARGS}}
+    {{py}} -m autogolf.lab.calibrate {{ARGS}}
 
 # the checks pi-autoresearch runs after a successful benchmark
 checks:
@@ -95,4 +95,4 @@ checks:
 
 # re-record the hashes of the protected files (after a deliberate harness or data change)
 protect:
-    {{py}} -m autogolf.checks --protect
+    {{py}} -m autogolf.judge.checks --protect

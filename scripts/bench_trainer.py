@@ -9,7 +9,7 @@ same data and config, twice: as-is (bfloat16 compute), and as a "savvy user" wou
 (float32 compute, patched into a temporary copy outside the repo), and prints ours/upstream.
 
 This measures; it never asserts speed. Every trainer process gets the optimized BLAS through
-LD_PRELOAD (autogolf.blas.preload_env), and so does the sgemm probe.
+LD_PRELOAD (autogolf.run.blas.preload_env), and so does the sgemm probe.
 
 FLOPs per token (multiply-add = 2 FLOPs; forward + backward = 3 x forward):
     N_mm      = L * (d*d [q] + 2*d*kv_dim [k, v] + d*d [out] + 2*mlp_mult*d*d [mlp])
@@ -45,8 +45,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from autogolf.blas import preload_env, probe  # noqa: E402
-from autogolf.shards import list_shards, read_tokens, write_shard  # noqa: E402
+from autogolf.run.blas import preload_env, probe  # noqa: E402
+from autogolf.data.shards import list_shards, read_tokens, write_shard  # noqa: E402
 
 DEFAULT_TRAINER = REPO / "benchmark" / "train_gpt_mlx.py"
 DEFAULT_UPSTREAM = REPO / ".upstream" / "parameter-golf" / "train_gpt_mlx.py"
@@ -111,7 +111,7 @@ def resolve_data(args) -> tuple[Path | None, Path]:
     tokenizer = Path(args.tokenizer_path).resolve() if args.tokenizer_path else None
     if data_path is None and not args.random_data:
         try:
-            from autogolf.cache import CacheError, resolve_dataset
+            from autogolf.data.cache import CacheError, resolve_dataset
             found_dir, found_tok, _ = resolve_dataset(REPO / "data")
             data_path, tokenizer = found_dir, tokenizer or found_tok
         except (ImportError, CacheError, OSError, ValueError) as e:

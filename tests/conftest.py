@@ -58,8 +58,8 @@ def make_standin_corpus(root: Path) -> Corpus:
     """STANDIN_DOCS documents of the offline default corpus and a 1024-piece tokenizer
     trained on them with upstream's options: what a clone makes without any download
     (about a second)."""
-    from autogolf.corpus import clean_text, train_tokenizer
-    from autogolf.synth import generate_documents
+    from autogolf.data.corpus import clean_text, train_tokenizer
+    from autogolf.data.synth import generate_documents
 
     parts = list(generate_documents(0, STANDIN_DOCS * STANDIN_PARTS))
     docs = ["\n".join(parts[i:i + STANDIN_PARTS]) for i in range(0, len(parts), STANDIN_PARTS)]

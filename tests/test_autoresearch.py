@@ -20,7 +20,7 @@ import pytest
 from autoresearch_helpers import (summary_line, METRIC_RE, bench_env, git, ledger_rows, make_project,
                                   make_tiny_dataset, metric_lines, run_bench, wait_for)
 from backends import this_backend
-from autogolf.runlock import RunLock, lock_is_free
+from autogolf.run.runlock import RunLock, lock_is_free
 from conftest import REPO
 
 REQUIRED_METRICS = {"val_bpb", "total_bytes", "artifact_headroom_bytes", "artifact_cap_used_pct",
@@ -63,7 +63,7 @@ class TrainerWatch:
         for p in psutil.process_iter(["cmdline", "status"]):
             cmd = p.info["cmdline"] or []
             # the trainer is the only process started as `python <marker>/...py` (the harness's
-            # scorer, `python -m autogolf.verify.score --trainer <marker>/...py`, is not one)
+            # scorer, `python -m autogolf.measure.score --trainer <marker>/...py`, is not one)
             if p.info["status"] != psutil.STATUS_ZOMBIE and \
                     any(c.startswith(self.marker) and c.endswith(".py") for c in cmd[1:2]):
                 found.append(p)
@@ -166,7 +166,7 @@ def test_smoke_run(project, env, tmp_path):
 
 
 def test_profiles_are_documented_data():
-    from autogolf import profiles
+    from autogolf.run import profiles
 
     loaded = {n: profiles.load(n, environ={}) for n in ("breadth", "confirm", "full", "smoke")}
     for profile in loaded.values():

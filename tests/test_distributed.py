@@ -16,8 +16,8 @@ import psutil
 import pytest
 
 from autoresearch_helpers import summary_line, bench_env, ledger_rows, make_project, make_tiny_dataset, metric_lines, run_bench
-from autogolf import distributed
-from autogolf.runlock import lock_is_free
+from autogolf.run import distributed
+from autogolf.run.runlock import lock_is_free
 from conftest import REPO
 
 PYTHON = str(REPO / ".venv" / "bin" / "python")
@@ -74,7 +74,7 @@ def test_ranks_over_ssh_get_the_settings_from_mlx_launch(tmp_path):
                                       {"ITERATIONS": "36", "RUN_ID": "a b"})
     assert cmd[cmd.index("--hostfile") + 1] == str(hostfile.resolve())
     assert [cmd[i + 1] for i, c in enumerate(cmd) if c == "--env"] == ["ITERATIONS=36", "RUN_ID=a b"]
-    assert cmd[cmd.index("--") + 1:] == [PYTHON, "-m", "autogolf.distributed", "rank",
+    assert cmd[cmd.index("--") + 1:] == [PYTHON, "-m", "autogolf.run.distributed", "rank",
                                          str(REPO / "benchmark" / "train_gpt_mlx.py")]
 
 

@@ -28,7 +28,7 @@ import time
 
 import psutil
 
-from autogolf import runlock
+from autogolf.run import runlock
 from autogolf.agent import launch, session
 
 PASSED_ENV_PREFIXES = ("AUTOGOLF_", "PI_", "PROFILE", "npm_config_")

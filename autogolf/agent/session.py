@@ -19,7 +19,7 @@ from pathlib import Path
 
 import libtmux
 
-from autogolf import runlock
+from autogolf.run import runlock
 from autogolf.fsutil import atomic_write
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import psutil
 
-from autogolf import ledger, logparse
+from autogolf.judge import ledger
+from autogolf.measure import logparse
 from autogolf.agent import session
 
 

@@ -16,21 +16,21 @@ Appends are safe when several runs finish at once: O_APPEND, one write() of one 
 line, under an flock on the ledger file. A reader skips lines that do not parse (a
 half-written line from a machine crash) and says how many it skipped.
 
-Row fields (the orchestrator, autogolf/run.py, fills them):
+Row fields (the orchestrator, autogolf/run/orchestrator.py, fills them):
   run_id, status, exit_reason, returncode, started_at, ended_at, wall_seconds, profile,
   settings (the resolved trainer environment), git {commit, dirty, diff_sha256, untracked},
   trainer {path, sha256, bytes, lines}, dataset {name, fingerprint, is_fineweb, dir},
   upstream_commit, machine {hostname, platform, python, cpu_count, memory_bytes}, backend,
   mlx_version, metrics {name: value}, timing {...}, log_path, console_path,
   shard_check {hashed, hashed_bytes, seconds, shards}, data_view {dir, links, train_shards,
-  val_files, selection, holdout, ...} (autogolf/verify/dataview.py), harness_score {val_bpb,
+  val_files, selection, holdout, ...} (autogolf/data/dataview.py), harness_score {val_bpb,
   val_loss, tokens, bytes, trainer_val_bpb, abs_diff, tolerance, probe, artifact_only,
-  seconds, error?} and holdout {val_bpb, tokens, slice, seconds} (autogolf/verify/score.py),
+  seconds, error?} and holdout {val_bpb, tokens, slice, seconds} (autogolf/measure/score.py),
   budget {kind, value, variable, source}, verdict {call, delta, noise, ...}, and for
   REPEATS=n repeat {group, index, of, seed} (the last one also repeats {...}); see
-  autogolf/research/.
+  autogolf/judge/ and autogolf/run/budget.py.
 
-CLI: python -m autogolf.ledger [--last N] [--path logs/runs.jsonl]  (reconciles lost runs first)
+CLI: python -m autogolf.judge.ledger [--last N] [--path logs/runs.jsonl]  (reconciles lost runs first)
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 LEDGER_NAME = "runs.jsonl"
 
 
@@ -312,7 +312,7 @@ def format_table(rows: list[dict], last: int | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m autogolf.ledger",
+    parser = argparse.ArgumentParser(prog="python -m autogolf.judge.ledger",
                                      description="Show the benchmark run ledger as a table.")
     parser.add_argument("--path", type=Path, default=None,
                         help=f"ledger file (default: {default_path()})")

@@ -17,10 +17,10 @@ learn. This generator builds an invented language with structure at several scal
 
 Everything comes from a seeded numpy PCG64 stream, using only uniform doubles (whose
 stream numpy keeps stable), so every machine generates the same bytes. The tokenizer is
-trained with upstream's SentencePiece options (shared with autogolf.corpus), and the cache
+trained with upstream's SentencePiece options (shared with autogolf.data.corpus), and the cache
 is `data/datasets/autogolf_synth_sp1024` with `is_fineweb: false`.
 
-    python -m autogolf.synth [--data-root data] [--force]
+    python -m autogolf.data.synth [--data-root data] [--force]
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ from typing import Iterator
 
 import numpy as np
 
-from autogolf.cache import MANIFEST_NAME, SYNTH_DATASET, CacheError, read_manifest, verify_cache
-from autogolf.corpus import build_cache
-from autogolf.shards import ShardError
+from autogolf.data.cache import MANIFEST_NAME, SYNTH_DATASET, CacheError, read_manifest, verify_cache
+from autogolf.data.corpus import build_cache
+from autogolf.data.shards import ShardError
 
 SYNTH_VERSION = "v1"
 SOURCE = f"offline-synthetic:{SYNTH_VERSION}"
@@ -354,7 +354,7 @@ def build_synth(data_root: Path | str = "data", *, val_docs: int = DEFAULT_VAL_D
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m autogolf.synth",
+    parser = argparse.ArgumentParser(prog="python -m autogolf.data.synth",
                                      description="Build the offline synthetic dataset cache "
                                                  f"({SYNTH_DATASET}); does nothing if it is already built.")
     parser.add_argument("--data-root", default="data", help="folder holding datasets/ and tokenizers/ (default: data)")

@@ -21,7 +21,7 @@ import os
 import time
 from pathlib import Path
 
-from autogolf.cache import CacheError, file_sha256, read_manifest
+from autogolf.data.cache import CacheError, file_sha256, read_manifest
 from autogolf.fsutil import atomic_write
 
 STATE_NAME = "autogolf_shard_state.json"

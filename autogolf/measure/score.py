@@ -9,7 +9,7 @@ From the trainer it takes only the model, through a two-name contract the traine
         logits (B, seq_len, vocab), where position t may read ids[:, :t+1] only.
 
 Everything else is the harness's: it reads the validation tokens from the real cache
-(autogolf.verify.dataview), builds the byte table from the tokenizer (bytecount), and
+(autogolf.data.dataview), builds the byte table from the tokenizer (bytecount), and
 computes the cross-entropy (float64 log-softmax) and the byte count itself, over the same
 non-overlapping seq_len windows the trainer scores. The scorer process runs in an empty
 temporary folder, without DATA_PATH, OUT_DIR or RUN_ID, after the raw weights are deleted:
@@ -34,7 +34,7 @@ by one per token moves val_bpb by ~30%, a loss scaled by 0.99 by 1%. It is 1/20 
 0.002 minimum improvement. (Raw weights scored instead of the artifact can differ by less,
 as int8 rounding moved a 4-step smoke model by 5e-5: the artifact-only check catches that.)
 
-CLI (the process run.py starts):  python -m autogolf.verify.score --trainer T --artifact A
+CLI (the process run.py starts):  python -m autogolf.measure.score --trainer T --artifact A
     --dataset-dir D --tokenizer TOK --selection START:STOP [--holdout START:STOP] --out JSON
 """
 
@@ -53,8 +53,8 @@ from pathlib import Path
 
 import numpy as np
 
-from autogolf.verify.bytecount import byte_table, count_bytes
-from autogolf.verify.dataview import read_val_range
+from autogolf.measure.bytecount import byte_table, count_bytes
+from autogolf.data.dataview import read_val_range
 
 TOLERANCE_BPB = 1e-4
 PROBE_SEQS = 1  # one window, cut at three places: a fraction of one evaluation batch
@@ -143,7 +143,7 @@ def _span(text: str | None) -> tuple[int, int] | None:
 
 
 def scorer_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m autogolf.verify.score",
+    parser = argparse.ArgumentParser(prog="python -m autogolf.measure.score",
                                      description="Score an artifact with the harness's own code (run.py starts this).")
     parser.add_argument("--trainer", type=Path, required=True, help="the trainer file defining harness_load")
     parser.add_argument("--artifact", type=Path, required=True, help="the exported artifact (its bytes are the model)")
@@ -188,7 +188,7 @@ def scorer_main(argv: list[str] | None = None) -> int:
 def scorer_command(trainer: Path, artifact: Path, dataset_dir: Path, tokenizer: Path, view: dict,
                    batch_tokens: int, out: Path) -> list[str]:
     sel = view["selection"]
-    cmd = [sys.executable, "-m", "autogolf.verify.score", "--trainer", str(trainer), "--artifact", str(artifact),
+    cmd = [sys.executable, "-m", "autogolf.measure.score", "--trainer", str(trainer), "--artifact", str(artifact),
            "--dataset-dir", str(Path(dataset_dir).resolve()), "--tokenizer", str(Path(tokenizer).resolve()),
            "--selection", f"{sel['start']}:{sel['stop']}", "--batch-tokens", str(batch_tokens), "--out", str(out)]
     if view.get("holdout"):

@@ -33,7 +33,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autogolf.logparse import ParsedLog
+from autogolf.measure.logparse import ParsedLog
 
 ARTIFACT_CAP_BYTES = 16_000_000  # decimal, not 16 MiB
 
@@ -80,11 +80,11 @@ def metric_lines(metrics: dict[str, float | int]) -> list[str]:
 def train_shard_sizes(cache_dir: Path) -> list[int]:
     """Token counts of the cache's train shards, in loader order: from the manifest when
     there is one (no file reads), else from each shard's 1 KB header."""
-    from autogolf.shards import list_shards, read_header
+    from autogolf.data.shards import list_shards, read_header
 
     cache_dir = Path(cache_dir)
     try:
-        from autogolf.cache import read_manifest
+        from autogolf.data.cache import read_manifest
 
         manifest = read_manifest(cache_dir)
         names = sorted(n for n in manifest["shards"] if n.startswith("fineweb_train_"))

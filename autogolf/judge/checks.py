@@ -7,7 +7,7 @@ A failure makes the run `checks_failed`, which the agent cannot keep. They fail 
   3. the trainer imports network code (socket, urllib, requests, http, huggingface_hub, ...)
      or is longer than 1,500 lines;
   4. a shard of the latest run's data cache is not the one its manifest promises (the same
-     cheap stat-then-hash check the run did before training: autogolf/verify/shardstate.py);
+     cheap stat-then-hash check the run did before training: autogolf/data/shardstate.py);
   5. a protected file changed: the validation shards, tokenizers and cache manifests, the
      upstream checkout (.upstream/), the harness (autoresearch.sh, autoresearch.checks.sh,
      scripts/, autogolf/ including profiles.toml), README.md, Justfile, .gitignore, the
@@ -15,7 +15,7 @@ A failure makes the run `checks_failed`, which the agent cannot keep. They fail 
 
 Protected files are compared with a sha256 manifest, `logs/protected.json`: git-ignored
 (so pi-autoresearch's `git checkout -- . && git clean -fd` keeps it) and recorded by
-`just protect` (`python -m autogolf.checks --protect`) or, failing that, by the first
+`just protect` (`python -m autogolf.judge.checks --protect`) or, failing that, by the first
 benchmark run (trust on first use).
 
 Threat model. The agent runs as the same user with a shell: nothing here can stop a
@@ -43,10 +43,11 @@ import sys
 import time
 from pathlib import Path
 
-from autogolf import ledger, logparse, metrics
+from autogolf.judge import ledger
+from autogolf.measure import logparse, metrics
 from autogolf.fsutil import atomic_write
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 MANIFEST_RELPATH = Path("logs") / "protected.json"
 TRAINER_RELPATH = Path("benchmark") / "train_gpt_mlx.py"
 MAX_TRAINER_LINES = 1500
@@ -315,8 +316,8 @@ def latest_run(path: Path) -> dict | None:
 
 def check_shards(root: Path = REPO_ROOT) -> list[str]:
     """The latest run's shards, after it ran, against its cache manifest."""
-    from autogolf.cache import CacheError
-    from autogolf.verify import shardstate
+    from autogolf.data.cache import CacheError
+    from autogolf.data import shardstate
 
     row = latest_run(ledger.default_path(root))
     dataset_dir = ((row or {}).get("dataset") or {}).get("dir")
@@ -336,7 +337,7 @@ def run_checks(root: Path = REPO_ROOT, trainer: Path | None = None) -> list[str]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m autogolf.checks",
+    parser = argparse.ArgumentParser(prog="python -m autogolf.judge.checks",
                                      description="Post-benchmark checks: artifact cap, log contract, "
                                                  "trainer imports and size, protected files.")
     parser.add_argument("--root", type=Path, default=REPO_ROOT, help="repository root (default: this checkout)")

@@ -16,7 +16,7 @@ about mlx.launch (0.32) this relies on:
   - when one rank exits non-zero it terminates the others, but it exits 0 itself whatever
     the ranks did: the first failing rank's code is read from its warning lines here;
   - it starts the ranks with close_fds, so they cannot inherit the run lock: each rank is
-    started through `python -m autogolf.distributed rank`, which makes the kernel kill it
+    started through `python -m autogolf.run.distributed rank`, which makes the kernel kill it
     when mlx.launch dies (PR_SET_PDEATHSIG), as run.py does for mlx.launch itself.
 A rank stuck in a collective (MLX issue #4475: a CPU all_sum can deadlock) blocks the others
 forever; run.py's hard timeout ends it, and its reason names that case.
@@ -135,7 +135,7 @@ def trainer_command(python: str, trainer: Path, launch: dict | None, cwd: Path,
         else ["--hosts", "127.0.0.1", "-n", str(launch["world_size"])]
     env = [arg for k, v in sorted((forward or {}).items()) for arg in ("--env", f"{k}={v}")]
     return [python, str(launcher), "--backend", launch["backend"], *where, "--starting-port", port, "--cwd", str(cwd),
-            *env, "--", python, "-m", "autogolf.distributed", "rank", str(trainer)]
+            *env, "--", python, "-m", "autogolf.run.distributed", "rank", str(trainer)]
 
 
 def rank_returncode(returncode: int, console_text: str) -> tuple[int, str]:
@@ -161,5 +161,5 @@ def _exec_rank(trainer: str) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[1] != "rank":
-        sys.exit("usage: python -m autogolf.distributed rank TRAINER  (mlx.launch runs this on every rank)")
+        sys.exit("usage: python -m autogolf.run.distributed rank TRAINER  (mlx.launch runs this on every rank)")
     _exec_rank(sys.argv[2])

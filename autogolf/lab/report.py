@@ -11,7 +11,7 @@ green dots, discarded runs as grey crosses, crashes as red marks along the botto
 running best of the kept runs as a line and holdout values as hollow diamonds; below it the
 artifact size against the 16,000,000-byte cap.
 
-"Kept" is the verdict's notion (autogolf/research/verdict.py): the run's trainer is a
+"Kept" is the verdict's notion (autogolf/judge/verdict.py): the run's trainer is a
 version committed in HEAD's history.
 """
 
@@ -23,9 +23,9 @@ import html
 import sys
 from pathlib import Path
 
-from autogolf import ledger
-from autogolf.metrics import ARTIFACT_CAP_BYTES
-from autogolf.research import verdict
+from autogolf.judge import ledger
+from autogolf.measure.metrics import ARTIFACT_CAP_BYTES
+from autogolf.judge import verdict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

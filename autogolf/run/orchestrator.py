@@ -11,13 +11,13 @@ the ledger logs/runs.jsonl, and print the METRIC lines followed by exactly one s
 Environment: AUTOGOLF_TRAINER (trainer script), AUTOGOLF_TIMEOUT (seconds, default the
 profile's), AUTOGOLF_KILL_GRACE_SECONDS (SIGTERM -> SIGKILL, default 10), AUTOGOLF_LOCK_PATH,
 AUTOGOLF_LOCK_WAIT_SECONDS (see runlock.py), RUN_ID, DATA_PATH / TOKENIZER_PATH (else the
-cache autogolf.cache.resolve_dataset picks).
+cache autogolf.data.cache.resolve_dataset picks).
 
 Exit status: 0 only when a post-round-trip val_bpb under the artifact cap was produced.
   1 crash (trainer failed, or no val_bpb)   2 data cache, profile or setting problem (the
   3 artifact over 16,000,000 bytes            trainer's own exit 2 included: a bad setting)
   4 integrity failed: the harness's own score of the artifact disagrees with the trainer's,
-    or the causality probe failed (autogolf/verify/score.py)
+    or the causality probe failed (autogolf/measure/score.py)
   70 harness bug      75 lock busy too long
   124 timeout                               137 trainer killed by a signal
   128+N interrupted by signal N (SIGINT 130, SIGTERM 143)
@@ -48,15 +48,19 @@ from pathlib import Path
 
 import psutil
 
-from autogolf import checks, distributed, ledger, logparse, metrics, profiles, storage
-from autogolf.blas import preload_env
-from autogolf.cache import CacheError, resolve_dataset, verify_cache
-from autogolf.research import budget, repeats, verdict
-from autogolf.runlock import LockTimeout, RunLock
-from autogolf.shards import ShardError
-from autogolf.verify import dataview, score, shardstate
+from autogolf.judge import checks, ledger
+from autogolf.measure import logparse, metrics
+from autogolf.run import distributed, profiles, storage
+from autogolf.run.blas import preload_env
+from autogolf.data.cache import CacheError, resolve_dataset, verify_cache
+from autogolf.judge import repeats, verdict
+from autogolf.run import budget
+from autogolf.run.runlock import LockTimeout, RunLock
+from autogolf.data.shards import ShardError
+from autogolf.data import dataview, shardstate
+from autogolf.measure import score
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TRAINER = REPO_ROOT / "benchmark" / "train_gpt_mlx.py"
 EXIT_CODES = {"ok": 0, "crash": 1, "data_error": 2, "config_error": 2, "cap_violation": 3, "integrity_failed": 4,
               "harness_error": 70,
@@ -238,7 +242,7 @@ def trainer_error_line(console_path: Path) -> str | None:
 
 def _score(row: dict, trainer: Path, artifact: Path, dataset_dir: Path, tokenizer_path: Path, env: dict,
            lock: RunLock, timeout: float, grace: float, trainer_bpb: float) -> tuple[str, str]:
-    """The harness scores the artifact in its own process (autogolf/verify/score.py):
+    """The harness scores the artifact in its own process (autogolf/measure/score.py):
     ("ok", "") or ("integrity_failed", the one-line reason). The ledger gets both numbers."""
     def run(cmd, scorer_env, console, limit, cwd):
         return run_trainer(cmd, scorer_env, console, limit, grace, lock, cwd=cwd)
@@ -355,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     parser.add_argument("--profile", default=None,
-                        help="benchmark profile from autogolf/profiles.toml (default: $PROFILE, else breadth)")
+                        help="benchmark profile from autogolf/run/profiles.toml (default: $PROFILE, else breadth)")
     args = parser.parse_args(argv)
     profile_name = args.profile or os.environ.get("PROFILE") or profiles.DEFAULT_PROFILE
     run_id = os.environ.get("RUN_ID") or \
@@ -430,7 +434,7 @@ def run_one(profile_name: str, run_id: str, repeat: dict | None) -> int:
         row["dataset"] = {"name": report["dataset"], "fingerprint": report["fingerprint"],
                           "is_fineweb": is_fineweb, "dir": str(dataset_dir),
                           "tokenizer": str(tokenizer_path), "splits": report["splits"]}
-        # Every shard against the manifest: stat unchanged, or re-hashed (verify/shardstate.py)
+        # Every shard against the manifest: stat unchanged, or re-hashed (data/shardstate.py)
         shards = shardstate.require_verified(dataset_dir)
         row["shard_check"] = {"hashed": shards["hashed"], "hashed_bytes": shards["hashed_bytes"],
                               "seconds": shards["seconds"], "shards": len(shards["shards"])}
@@ -457,7 +461,7 @@ def run_one(profile_name: str, run_id: str, repeat: dict | None) -> int:
             profile.holdout_tokens)
         env.update({"DATA_PATH": str(view_dir), "TOKENIZER_PATH": str(tokenizer_path),
                     "RUN_ID": run_id, "OUT_DIR": str(logs_dir), "PYTHONUNBUFFERED": "1"})
-        env = preload_env(env)  # optimized BLAS on Linux CPU (autogolf/blas.py)
+        env = preload_env(env)  # optimized BLAS on Linux CPU (autogolf/run/blas.py)
         row["settings"] = _settings(trainer, env, profile)
         row["blas_preload"] = env.get("LD_PRELOAD", "")
         launch = row["distributed"] = distributed.plan(env)  # NPROC / HOSTS: mlx.launch
@@ -573,12 +577,12 @@ def run_one(profile_name: str, run_id: str, repeat: dict | None) -> int:
     try:
         ledger.append(row, ledger_path)
         try:
-            pruned = storage.prune(logs_dir, ledger_path)  # bounded storage (autogolf/storage.py)
+            pruned = storage.prune(logs_dir, ledger_path)  # bounded storage (autogolf/run/storage.py)
         except OSError as e:  # never costs the run its result
             pruned = []
             say(f"autoresearch: warning: storage prune failed: {e}")
         if pruned:
-            say(f"autoresearch: storage: pruned {len(pruned)} old artifact(s)/view(s) (rule: autogolf/storage.py)")
+            say(f"autoresearch: storage: pruned {len(pruned)} old artifact(s)/view(s) (rule: autogolf/run/storage.py)")
     finally:
         if lock is not None:
             lock.release()

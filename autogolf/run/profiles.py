@@ -1,5 +1,5 @@
 """Benchmark profiles: named sets of trainer environment variables, kept as DATA in
-`autogolf/profiles.toml` (protected by the checks, so the agent cannot quietly widen a budget).
+`autogolf/run/profiles.toml` (protected by the checks, so the agent cannot quietly widen a budget).
 
 A profile fixes the measuring budget -- training wall clock, validation subset, batch and
 logging cadence -- not the recipe: model and optimizer knobs stay with the trainer, where
@@ -29,7 +29,7 @@ class Profile:
     description: str
     timeout_seconds: float  # hard limit for the whole trainer process (AUTOGOLF_TIMEOUT wins)
     env: dict[str, str]  # the profile's own values
-    holdout_tokens: int = 0  # hidden holdout the harness scores (autogolf/verify/dataview.py)
+    holdout_tokens: int = 0  # hidden holdout the harness scores (autogolf/data/dataview.py)
     resolved: dict[str, str] = field(default_factory=dict)  # after environment overrides
     overrides: dict[str, str] = field(default_factory=dict)  # variables the environment changed
 

@@ -11,8 +11,8 @@ are only compared when they were measured on the same bytes.
 `deep=True` re-hashes every shard and checks every token id, for `just verify-data`.
 
 CLI (this is `just verify-data`):
-    python -m autogolf.cache verify [--data-root data] [--dataset NAME] [--fast]
-    python -m autogolf.cache manifest DATASET_DIR --tokenizer PATH --source TEXT [--fineweb]
+    python -m autogolf.data.cache verify [--data-root data] [--dataset NAME] [--fast]
+    python -m autogolf.data.cache manifest DATASET_DIR --tokenizer PATH --source TEXT [--fineweb]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from autogolf.fsutil import atomic_write
-from autogolf.shards import (HEADER_BYTES, TOKEN_DTYPE, ShardError, list_shards,
+from autogolf.data.shards import (HEADER_BYTES, TOKEN_DTYPE, ShardError, list_shards,
                              read_header, shard_split_index, validate_shard)
 
 MANIFEST_NAME = "autogolf_manifest.json"
@@ -224,7 +224,7 @@ def read_manifest(dataset_dir: Path) -> dict:
     if not path.is_file():
         raise CacheError(f"{path}: no manifest, so this cache was never finished (or was made "
                          f"by another tool); run `just bootstrap` (or `just corpus SRC`) to "
-                         f"build it, or adopt shards you trust with `python -m autogolf.cache "
+                         f"build it, or adopt shards you trust with `python -m autogolf.data.cache "
                          f"manifest {Path(dataset_dir)} --tokenizer T.model --source TEXT`")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
@@ -265,7 +265,7 @@ def verify_cache(dataset_dir: Path, tokenizer_path: Path | None = None, *, deep:
     if manifest["dataset"] != dataset_dir.name:
         raise CacheError(f"{manifest_path}: manifest is for dataset {manifest['dataset']!r} but the "
                          f"folder is {dataset_dir.name!r}; rename the folder back, or rewrite the "
-                         f"manifest with `python -m autogolf.cache manifest {dataset_dir} --tokenizer "
+                         f"manifest with `python -m autogolf.data.cache manifest {dataset_dir} --tokenizer "
                          f"... --source ...`")
     tokenizer_path = Path(tokenizer_path) if tokenizer_path else manifest_tokenizer_path(dataset_dir, manifest)
     sp = load_tokenizer(tokenizer_path)
@@ -346,7 +346,7 @@ def verify_cache(dataset_dir: Path, tokenizer_path: Path | None = None, *, deep:
     if fingerprint != manifest["fingerprint"]:
         raise CacheError(f"{manifest_path}: fingerprint does not match the tokenizer and shards "
                          f"(the manifest was edited by hand); rebuild it with "
-                         f"`python -m autogolf.cache manifest` or re-run `just bootstrap`")
+                         f"`python -m autogolf.data.cache manifest` or re-run `just bootstrap`")
     return {
         "dataset": manifest["dataset"],
         "dataset_dir": str(dataset_dir),
@@ -411,7 +411,7 @@ def format_report(report: dict) -> str:
 
 def shard_report(dataset_dir: Path, *, rehash: bool) -> int:
     """Print each shard's state (verified, changed, missing); return how many are not verified."""
-    from autogolf.verify import shardstate  # it builds on this module
+    from autogolf.data import shardstate  # it builds on this module
 
     result = shardstate.shard_states(Path(dataset_dir), rehash=rehash)
     for name, s in result["shards"].items():
@@ -423,7 +423,7 @@ def shard_report(dataset_dir: Path, *, rehash: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m autogolf.cache", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m autogolf.data.cache", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     v = sub.add_parser("verify", help="check a dataset cache against its manifest and tokenizer")
     v.add_argument("--data-root", default="data", help="folder holding datasets/ and tokenizers/ (default: data)")
@@ -442,9 +442,9 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--fineweb", action="store_true",
                    help="mark the cache as the real FineWeb challenge data (is_fineweb: true)")
     args = parser.parse_args(argv)
-    # Under `python -m autogolf.cache` this file is __main__, and autogolf.verify imports it
-    # again as autogolf.cache: its CacheError is another class, caught here too.
-    import autogolf.cache as canonical
+    # Under `python -m autogolf.data.cache` this file is __main__, and autogolf.verify imports it
+    # again as autogolf.data.cache: its CacheError is another class, caught here too.
+    import autogolf.data.cache as canonical
     try:
         if args.command == "manifest":
             manifest = write_manifest(Path(args.dataset_dir), Path(args.tokenizer),

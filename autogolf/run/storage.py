@@ -8,7 +8,7 @@ After each run the harness keeps the artifact of
 and deletes the other runs' artifacts, plus raw-weight files (*.npz) of runs no longer
 running (unless AUTOGOLF_KEEP_RAW_MODEL=1) and per-run data views (logs/views/<run_id>) left by runs that died. Logs,
 console captures and the ledger are never deleted: every run stays fully described.
-`python -m autogolf.storage --dry-run` lists what a prune would delete.
+`python -m autogolf.run.storage --dry-run` lists what a prune would delete.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from autogolf import ledger
+from autogolf.judge import ledger
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACT_SUFFIX = "_mlx_model.int8.ptz"
 RAW_SUFFIX = "_mlx_model.npz"
 
@@ -49,7 +49,7 @@ def prune(logs_dir: Path, ledger_path: Path, *, last: int | None = None, dry_run
     keep = artifacts_to_keep(runs, keep_last() if last is None else last)
     running = {r["run_id"] for r in runs if r.get("status") == "running"}
     doomed = [p for p in logs_dir.glob(f"*{ARTIFACT_SUFFIX}") if p.name[:-len(ARTIFACT_SUFFIX)] not in keep]
-    if os.environ.get("AUTOGOLF_KEEP_RAW_MODEL") != "1":  # asked to keep them (autogolf/run.py)
+    if os.environ.get("AUTOGOLF_KEEP_RAW_MODEL") != "1":  # asked to keep them (autogolf/run/orchestrator.py)
         doomed += [p for p in logs_dir.glob(f"*{RAW_SUFFIX}") if p.name[:-len(RAW_SUFFIX)] not in running]
     views = logs_dir / "views"
     if views.is_dir():
@@ -64,7 +64,7 @@ def prune(logs_dir: Path, ledger_path: Path, *, last: int | None = None, dry_run
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m autogolf.storage", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m autogolf.run.storage", description=__doc__.split("\n\n")[0])
     parser.add_argument("--logs", type=Path, default=REPO_ROOT / "logs", help="the logs folder (default: ./logs)")
     parser.add_argument("--last", type=int, default=None, help="keep the last N runs' artifacts (default: $AUTOGOLF_KEEP_LAST or 5)")
     parser.add_argument("--dry-run", action="store_true", help="only list what would be deleted")

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from autogolf.cache import CacheError
-from autogolf.shards import list_shards, read_header, read_tokens, write_shard
+from autogolf.data.cache import CacheError
+from autogolf.data.shards import list_shards, read_header, read_tokens, write_shard
 
 
 @dataclass

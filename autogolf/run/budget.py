@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from autogolf.fsutil import atomic_write
-from autogolf.profiles import Profile, ProfileError
+from autogolf.run.profiles import Profile, ProfileError
 
 MACHINE_RELPATH = Path("logs") / "machine.json"
 BUDGET_VARS = (("TRAIN_BUDGET_TOKENS", "tokens"), ("MAX_WALLCLOCK_SECONDS", "seconds"),

@@ -26,11 +26,12 @@ import sys
 import time
 from pathlib import Path
 
-from autogolf import logparse, metrics, profiles
-from autogolf.blas import preload_env
-from autogolf.cache import resolve_dataset
-from autogolf.research import budget
-from autogolf.runlock import RunLock
+from autogolf.measure import logparse, metrics
+from autogolf.run import profiles
+from autogolf.run.blas import preload_env
+from autogolf.data.cache import resolve_dataset
+from autogolf.run import budget
+from autogolf.run.runlock import RunLock
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TRAINER = REPO_ROOT / "benchmark" / "train_gpt_mlx.py"

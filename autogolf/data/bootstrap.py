@@ -41,10 +41,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from autogolf import cache
-from autogolf.shards import ShardError, list_shards, remove_partials, validate_shard
+from autogolf.data import cache
+from autogolf.data.shards import ShardError, list_shards, remove_partials, validate_shard
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COMMIT_FILE = REPO / "benchmark" / "UPSTREAM_COMMIT.txt"
 DEFAULT_UPSTREAM_URL = "https://github.com/openai/parameter-golf.git"
 DEFAULT_TRAIN_SHARDS = 10
@@ -642,9 +642,9 @@ def bootstrap_fineweb(args) -> dict:
 
 
 def build_offline_default(data_root: Path) -> dict:
-    """autogolf.synth's cache. AUTOGOLF_SYNTH_SCALE (default 1) shrinks it for tests and
+    """autogolf.data.synth's cache. AUTOGOLF_SYNTH_SCALE (default 1) shrinks it for tests and
     quick trials; synth records its size, so a later full-size run rebuilds it."""
-    from autogolf import synth
+    from autogolf.data import synth
 
     try:
         scale = float(os.environ.get("AUTOGOLF_SYNTH_SCALE", "1"))

@@ -7,7 +7,7 @@ makes MLX's cblas_* calls bind to it instead (~180-390 GFLOP/s). Two ways:
   - ctypes.CDLL(<lib>, RTLD_GLOBAL) before `import mlx.core` (in-process; the trainer
     does this itself when it was started without LD_PRELOAD).
 
-`python -m autogolf.blas` prints what is found and a measured sgemm GFLOP/s.
+`python -m autogolf.run.blas` prints what is found and a measured sgemm GFLOP/s.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def sgemm_gflops(n: int = 1024, repeats: int = 5) -> float:
 
 def probe(n: int = 1024) -> dict:
     """Run the sgemm probe in a child process with the preload the harness would use."""
-    code = ("import json, sys; from autogolf.blas import sgemm_gflops, loaded_blas;"
+    code = ("import json, sys; from autogolf.run.blas import sgemm_gflops, loaded_blas;"
             f"g = sgemm_gflops({n}); print(json.dumps({{'gflops': g, 'blas': loaded_blas()}}))")
     env = preload_env()
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import statistics
 
-from autogolf.profiles import ProfileError
+from autogolf.run.profiles import ProfileError
 
 MAX_REPEATS = 20
 

@@ -1,6 +1,6 @@
 """Build a dataset cache from local documents (this is `just corpus SRC`).
 
-    python -m autogolf.corpus SRC --name NAME [--tokenizer PATH] [--val-docs N]
+    python -m autogolf.data.corpus SRC --name NAME [--tokenizer PATH] [--val-docs N]
                               [--shard-tokens N] [--data-root data] [--force] [--fineweb]
 
 SRC is a file or a folder (searched recursively, files taken in sorted path order):
@@ -33,9 +33,9 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from autogolf.cache import BOS_ID, CacheError, file_sha256, load_tokenizer, write_manifest
+from autogolf.data.cache import BOS_ID, CacheError, file_sha256, load_tokenizer, write_manifest
 from autogolf.fsutil import atomic_write, pid_alive
-from autogolf.shards import ShardError, write_shard
+from autogolf.data.shards import ShardError, write_shard
 
 SUFFIXES = (".jsonl", ".parquet", ".txt")
 DEFAULT_VAL_DOCS = 50_000       # upstream: the first 50,000 documents are validation
@@ -417,7 +417,7 @@ def default_val_docs(num_records: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m autogolf.corpus", description="Build a dataset cache from local documents.",
+        prog="python -m autogolf.data.corpus", description="Build a dataset cache from local documents.",
         epilog="SRC: a .jsonl file (\"text\" field per line), a .parquet file (\"text\" column), "
                "a .txt file (one document), or a folder of such files (searched recursively).")
     parser.add_argument("src", help="corpus file or folder (.jsonl, .parquet, .txt)")
