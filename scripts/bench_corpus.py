@@ -23,9 +23,10 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from autogolf import settings  # noqa: E402
 from autogolf.data.corpus import build_cache, iter_documents  # noqa: E402
 
-FIXTURES = Path(os.environ.get("AUTOGOLF_FIXTURES", REPO.parent / "shared" / "fixtures"))
+FIXTURES = Path(settings.get("AUTOGOLF_FIXTURES") or REPO.parent / "shared" / "fixtures")
 
 
 def main() -> int:

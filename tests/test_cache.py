@@ -11,8 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from autogolf.data.cache import (FINEWEB_DATASET, MANIFEST_NAME, SYNTH_DATASET, CacheError, file_sha256,
+from autogolf.data.cache import (FINEWEB_DATASET, MANIFEST_NAME, SYNTH_DATASET, CacheError,
                             read_manifest, resolve_dataset, verify_cache, write_manifest)
+from autogolf.fsutil import file_sha256
 from autogolf.data.corpus import build_cache, iter_documents
 from autogolf.data.shards import HEADER_BYTES, list_shards, read_tokens, write_shard
 from conftest import REPO

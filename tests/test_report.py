@@ -6,7 +6,7 @@ from __future__ import annotations
 import struct
 
 from autogolf.judge import ledger
-from autogolf.judge.ledger import file_sha256
+from autogolf.fsutil import file_sha256
 from autogolf.lab import report
 from test_verdict import _git, trainer_repo
 

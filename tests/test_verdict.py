@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from autogolf.judge.ledger import file_sha256
+from autogolf.fsutil import file_sha256
 from autogolf.judge import verdict as V
 
 SIGMA = 0.01  # run-to-run noise of the synthetic ledgers (autoresearch-mlx saw 0.03 on Macs)

@@ -41,11 +41,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from autogolf import settings
+from autogolf.textutil import sayer
 from autogolf.data import cache
 from autogolf.data.shards import ShardError, list_shards, remove_partials, validate_shard
+from autogolf.paths import REPO_ROOT as REPO, UPSTREAM_COMMIT_FILE
 
-REPO = Path(__file__).resolve().parents[2]
-COMMIT_FILE = REPO / "benchmark" / "UPSTREAM_COMMIT.txt"
 DEFAULT_UPSTREAM_URL = "https://github.com/openai/parameter-golf.git"
 DEFAULT_TRAIN_SHARDS = 10
 # Defaults of upstream's downloader, which reads the same two environment variables.
@@ -72,8 +73,7 @@ class BootstrapError(Exception):
     """Reachable but broken, or a local problem: stop with a non-zero exit."""
 
 
-def say(msg: str) -> None:
-    print(f"bootstrap: {msg}", flush=True)
+say = sayer("bootstrap: ")
 
 
 def rel(path: Path | str) -> str:
@@ -109,7 +109,7 @@ def exclusive_lock(path: Path):
 
 def git(args: list[str], cwd: Path | None = None, *, capture: bool = True,
         timeout: float | None = None) -> subprocess.CompletedProcess:
-    timeout = timeout or float(os.environ.get("AUTOGOLF_GIT_TIMEOUT", "1800"))
+    timeout = timeout or float(settings.get("AUTOGOLF_GIT_TIMEOUT"))
     env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}  # never wait for a password nobody types
     cmd = ["git", *GIT_LOW_SPEED, *args]
     # Output goes to a temp file, not a pipe: when git is killed on timeout, a helper it
@@ -647,11 +647,11 @@ def build_offline_default(data_root: Path) -> dict:
     from autogolf.data import synth
 
     try:
-        scale = float(os.environ.get("AUTOGOLF_SYNTH_SCALE", "1"))
+        scale = float(settings.get("AUTOGOLF_SYNTH_SCALE"))
     except ValueError:
         scale = -1.0
     if not 0 < scale <= 1:
-        raise BootstrapError(f"AUTOGOLF_SYNTH_SCALE={os.environ['AUTOGOLF_SYNTH_SCALE']!r}: "
+        raise BootstrapError(f"AUTOGOLF_SYNTH_SCALE={settings.get('AUTOGOLF_SYNTH_SCALE')!r}: "
                              f"must be a number in (0, 1]; unset it for the full-size corpus")
     sizes = {}
     if scale != 1:
@@ -690,7 +690,7 @@ def positive_int(text: str) -> int:
 
 def pinned_commit() -> str:
     try:
-        return COMMIT_FILE.read_text(encoding="utf-8").strip()
+        return UPSTREAM_COMMIT_FILE.read_text(encoding="utf-8").strip()
     except OSError:
         return ""
 
@@ -707,11 +707,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "validation split is always fetched whole (env TRAIN_SHARDS; "
                              f"default {DEFAULT_TRAIN_SHARDS})")
     parser.add_argument("--upstream-url",
-                        default=os.environ.get("AUTOGOLF_UPSTREAM_URL", DEFAULT_UPSTREAM_URL),
+                        default=settings.get("AUTOGOLF_UPSTREAM_URL"),
                         help="git URL of parameter-golf (env AUTOGOLF_UPSTREAM_URL; default "
                              f"{DEFAULT_UPSTREAM_URL})")
     parser.add_argument("--upstream-commit",
-                        default=os.environ.get("AUTOGOLF_UPSTREAM_COMMIT") or pinned_commit(),
+                        default=settings.get("AUTOGOLF_UPSTREAM_COMMIT") or pinned_commit(),
                         help="full 40-hex commit to check out (env AUTOGOLF_UPSTREAM_COMMIT; "
                              "default: benchmark/UPSTREAM_COMMIT.txt)")
     parser.add_argument("--upstream-dir", type=Path, default=REPO / ".upstream" / "parameter-golf",

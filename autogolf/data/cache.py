@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autogolf.fsutil import atomic_write
+from autogolf.fsutil import atomic_write, file_sha256
 from autogolf.data.shards import (HEADER_BYTES, TOKEN_DTYPE, ShardError, list_shards,
                              read_header, shard_split_index, validate_shard)
 
@@ -52,14 +52,6 @@ class CacheError(ValueError):
 
 
 # --------------------------------------------------------------------------- helpers
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_READ_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def load_tokenizer(tokenizer_path: Path):
     """Load a SentencePiece model, or raise CacheError saying which file and what to do."""

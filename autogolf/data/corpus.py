@@ -33,8 +33,8 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from autogolf.data.cache import BOS_ID, CacheError, file_sha256, load_tokenizer, write_manifest
-from autogolf.fsutil import atomic_write, pid_alive
+from autogolf.data.cache import BOS_ID, CacheError, load_tokenizer, write_manifest
+from autogolf.fsutil import atomic_write, file_sha256, pid_alive
 from autogolf.data.shards import ShardError, write_shard
 
 SUFFIXES = (".jsonl", ".parquet", ".txt")

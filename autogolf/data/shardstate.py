@@ -21,8 +21,8 @@ import os
 import time
 from pathlib import Path
 
-from autogolf.data.cache import CacheError, file_sha256, read_manifest
-from autogolf.fsutil import atomic_write
+from autogolf.data.cache import CacheError, read_manifest
+from autogolf.fsutil import atomic_write, file_sha256
 
 STATE_NAME = "autogolf_shard_state.json"
 

@@ -45,11 +45,10 @@ from pathlib import Path
 
 from autogolf.judge import ledger
 from autogolf.measure import logparse, metrics
-from autogolf.fsutil import atomic_write
+from autogolf.fsutil import atomic_write, file_sha256
+from autogolf.paths import REPO_ROOT, TRAINER_RELPATH
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 MANIFEST_RELPATH = Path("logs") / "protected.json"
-TRAINER_RELPATH = Path("benchmark") / "train_gpt_mlx.py"
 MAX_TRAINER_LINES = 1500
 
 # Protected paths, relative to the repository root. "dir/" = every file below it.
@@ -128,7 +127,7 @@ def _key(path: Path, root: Path) -> str:
 
 
 def hash_files(paths: list[Path], root: Path) -> dict[str, str]:
-    return {_key(p, root): ledger.file_sha256(p) for p in paths}
+    return {_key(p, root): file_sha256(p) for p in paths}
 
 
 def harness_digest(root: Path = REPO_ROOT) -> str:
@@ -159,7 +158,7 @@ def manifest_path(root: Path = REPO_ROOT) -> Path:
 
 def manifest_digest(root: Path = REPO_ROOT) -> str | None:
     path = manifest_path(root)
-    return ledger.file_sha256(path) if path.is_file() else None
+    return file_sha256(path) if path.is_file() else None
 
 
 def _git_head(root: Path) -> str | None:
@@ -221,7 +220,7 @@ def check_protected(root: Path = REPO_ROOT) -> list[str]:
         if path is None:
             problems.append(f"protected file {name} is missing; restore it (`git checkout -- {name}` "
                             f"for harness files, `just bootstrap` / `just verify-data` for data)")
-        elif ledger.file_sha256(path) != sha:
+        elif file_sha256(path) != sha:
             problems.append(f"protected file {name} was modified; the evaluation, data and harness "
                             f"are off limits: restore it (`git checkout -- {name}` for harness "
                             f"files) and change only benchmark/train_gpt_mlx.py")

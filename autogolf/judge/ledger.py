@@ -48,7 +48,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from autogolf.paths import REPO_ROOT
+
 LEDGER_NAME = "runs.jsonl"
 
 
@@ -213,14 +214,6 @@ def runs(path: Path) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- facts for a row
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["git", "-C", str(root), *args], capture_output=True, timeout=60)

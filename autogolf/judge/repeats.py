@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import statistics
 
-from autogolf.run.profiles import ProfileError
+from autogolf.settings import SettingError
 
 MAX_REPEATS = 20
 
@@ -28,7 +28,7 @@ def count(environ: dict) -> int:
     except ValueError:
         n = 0
     if not 1 <= n <= MAX_REPEATS:
-        raise ProfileError(f"REPEATS={raw!r} must be a whole number from 1 to {MAX_REPEATS}")
+        raise SettingError(f"REPEATS={raw!r} must be a whole number from 1 to {MAX_REPEATS}")
     return n
 
 
@@ -38,7 +38,7 @@ def plan(n: int, group: str, environ: dict) -> list[dict]:
     try:
         base_seed = int(base) if base else None
     except ValueError:
-        raise ProfileError(f"SEED={base!r} is not a whole number") from None
+        raise SettingError(f"SEED={base!r} is not a whole number") from None
     out = []
     for i in range(n):
         seed = (base_seed + i) if base_seed is not None else (i if i else None)

@@ -39,18 +39,18 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import statistics
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-MIN_IMPROVEMENT_BPB = float(os.environ.get("AUTOGOLF_MIN_IMPROVEMENT", "0.002"))
+from autogolf import paths, settings
+
 MARGINAL_GAIN_BPB = 0.005  # a gain under this does not pay for a slower step
 SLOWDOWN_LIMIT = 0.15  # throughput may fall by at most this share for a keep
 SPEEDUP_KEEP = 0.10  # an unchanged val_bpb with throughput up by more than this is a keep
 MAX_SUGGESTED_REPEATS = 9
-TRAINER_RELPATH = "benchmark/train_gpt_mlx.py"
+TRAINER_RELPATH = str(paths.TRAINER_RELPATH)  # as git names it
 # Per-run values of the trainer environment: they differ between runs of one experiment.
 VOLATILE_SETTINGS = {"RUN_ID", "SEED", "OUT_DIR", "DATA_PATH", "TOKENIZER_PATH", "PYTHONUNBUFFERED"}
 # Two-sided 95% Student-t quantiles by degrees of freedom (beyond 30: the normal 1.96).
@@ -244,11 +244,16 @@ def _beyond_speed_noise(change: float, noise: Noise | None, n: int, n_best: int)
     return abs(math.log1p(change)) > t_factor(noise.tok_df) * se
 
 
+def min_improvement() -> float:
+    """The smallest val_bpb drop that counts (AUTOGOLF_MIN_IMPROVEMENT), read when judged."""
+    return float(settings.get("AUTOGOLF_MIN_IMPROVEMENT"))
+
+
 def decide(current: Experiment, history: list[Experiment], noise: Noise | None,
            kept: set[str]) -> dict:
     """The verdict dict for `current` (see the module doc for the rules)."""
     verdict = {"call": "discard", "delta": None, "noise": None, "noise_df": None,
-               "threshold": None, "min_improvement": MIN_IMPROVEMENT_BPB,
+               "threshold": None, "min_improvement": min_improvement(),
                "throughput_change": None, "reason": "", "compared_with": None, "repeats": current.n}
     if noise is not None:
         verdict.update(noise=round(noise.sd, 6), noise_df=noise.df)
@@ -280,17 +285,18 @@ def _call(gain: float, change: float | None, noise: Noise | None, n: int, n_best
     slower = change is not None and change < -SLOWDOWN_LIMIT and real is not False
     faster = change is not None and change > SPEEDUP_KEEP and real is True
     speed = "" if change is None else f"throughput {change:+.0%}"
+    minimum = min_improvement()
     threshold = None
     if noise is not None:
         se = noise.sd * math.sqrt(median_variance_factor(n) + median_variance_factor(n_best))
         threshold = t_factor(noise.df) * se
-    band = max(MIN_IMPROVEMENT_BPB, threshold or 0.0)
+    band = max(minimum, threshold or 0.0)
     out = {"threshold": None if threshold is None else round(threshold, 6)}
     if gain >= band and threshold is not None:
         if not slower:
             return {**out, "call": "keep", "reason": f"better by {gain:.4f} bpb, beyond the noise "
                     f"({threshold:.4f}) and the minimum{', ' + speed if speed else ''}"}
-    if gain >= MIN_IMPROVEMENT_BPB and slower:
+    if gain >= minimum and slower:
         if gain < MARGINAL_GAIN_BPB:
             return {**out, "call": "discard", "reason": f"a marginal gain ({gain:.4f} < "
                     f"{MARGINAL_GAIN_BPB}) bought with {speed}: a wall-clock budget would lose it"}
@@ -302,7 +308,7 @@ def _call(gain: float, change: float | None, noise: Noise | None, n: int, n_best
     if abs(gain) < band and change is not None and change > SPEEDUP_KEEP:
         return {**out, "call": "inconclusive", "reason": f"val_bpb unchanged and {speed}, but tok_s "
                 f"moves that much between runs of one code (or its spread is unknown): REPEATS=3 settles it"}
-    if gain >= MIN_IMPROVEMENT_BPB:
+    if gain >= minimum:
         if noise is None:
             return {**out, "call": "inconclusive", "reason": f"better by {gain:.4f}, but the noise "
                     f"floor is unknown for this comparable set: REPEATS=3 measures it and settles it"}
@@ -312,7 +318,7 @@ def _call(gain: float, change: float | None, noise: Noise | None, n: int, n_best
         return {**out, "call": "inconclusive", "reason": f"better by {gain:.4f}, within the noise "
                 f"(needs {threshold:.4f}): {fix}"}
     if gain > 0:
-        reason = f"better by only {gain:.4f}, under the {MIN_IMPROVEMENT_BPB} minimum improvement"
+        reason = f"better by only {gain:.4f}, under the {minimum} minimum improvement"
     else:
         reason = f"worse by {-gain:.4f}" if gain < 0 else "no change in val_bpb"
     return {**out, "call": "discard", "reason": reason + (f", {speed}" if speed else "")}
@@ -321,7 +327,7 @@ def _call(gain: float, change: float | None, noise: Noise | None, n: int, n_best
 def not_judged(reason: str) -> dict:
     """The verdict on a run that produced no result (crash, timeout, bad setting...)."""
     return {"call": "discard", "delta": None, "noise": None, "noise_df": None, "threshold": None,
-            "min_improvement": MIN_IMPROVEMENT_BPB, "throughput_change": None, "repeats": 1,
+            "min_improvement": min_improvement(), "throughput_change": None, "repeats": 1,
             "compared_with": None, "reason": reason}
 
 

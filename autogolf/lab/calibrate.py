@@ -32,8 +32,8 @@ from autogolf.run.blas import preload_env
 from autogolf.data.cache import resolve_dataset
 from autogolf.run import budget
 from autogolf.run.runlock import RunLock
+from autogolf.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 TRAINER = REPO_ROOT / "benchmark" / "train_gpt_mlx.py"
 CLOSE_ENOUGH = 0.1  # rank correlation a larger budget must add to be worth its minutes
 

@@ -26,8 +26,8 @@ from pathlib import Path
 from autogolf.judge import ledger
 from autogolf.measure.metrics import ARTIFACT_CAP_BYTES
 from autogolf.judge import verdict
+from autogolf.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _holdout(exp: verdict.Experiment) -> float | None:

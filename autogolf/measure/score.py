@@ -53,8 +53,9 @@ from pathlib import Path
 
 import numpy as np
 
-from autogolf.measure.bytecount import byte_table, count_bytes
+from autogolf import settings
 from autogolf.data.dataview import read_val_range
+from autogolf.measure.bytecount import byte_table, count_bytes
 
 TOLERANCE_BPB = 1e-4
 PROBE_SEQS = 1  # one window, cut at three places: a fraction of one evaluation batch
@@ -270,7 +271,7 @@ def score_run(run, *, trainer: Path, artifact: Path, dataset_dir: Path, tokenize
     """Score a finished run: (row["harness_score"], row["holdout"], integrity failure or None)."""
     start = time.monotonic()
     improving = best_before is None or (trainer_bpb is not None and trainer_bpb < best_before)
-    if view.get("holdout") and not improving and os.environ.get("AUTOGOLF_HOLDOUT") != "every":
+    if view.get("holdout") and not improving and settings.get("AUTOGOLF_HOLDOUT") != "every":
         view = dict(view, holdout=None, holdout_note="not scored: not an improving run (AUTOGOLF_HOLDOUT=every scores all)")
     if not artifact.is_file():
         result, error = None, f"the artifact {artifact} is missing"

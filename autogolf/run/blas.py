@@ -21,6 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from autogolf import settings
+
 # Below this, MLX is running on the reference BLAS (or worse): say so loudly.
 SLOW_GFLOPS = 30.0
 
@@ -42,7 +44,7 @@ def needs_fast_blas() -> bool:
 def find_fast_blas(prefix: str | None = None, env: dict | None = None) -> str | None:
     """Path of an optimized BLAS to preload, or None.
     AUTOGOLF_BLAS=<path> forces one; AUTOGOLF_BLAS=none disables the preload."""
-    forced = (os.environ if env is None else env).get("AUTOGOLF_BLAS", "")
+    forced = settings.get("AUTOGOLF_BLAS", env)
     if forced == "none":
         return None
     if forced:

@@ -34,6 +34,8 @@ import socket
 import sys
 from pathlib import Path
 
+from autogolf import settings
+
 HOSTFILE_HELP = ('a JSON list of hosts, e.g. [{"ssh": "mac1.local", "ips": ["10.0.0.1"]}, '
                  '{"ssh": "mac2.local", "ips": ["10.0.0.2"]}] (or {"hosts": [...]}); '
                  'see README "Several processes or machines"')
@@ -130,7 +132,7 @@ def trainer_command(python: str, trainer: Path, launch: dict | None, cwd: Path,
     launcher = Path(python).parent / "mlx.launch"
     if not launcher.exists():
         raise LaunchError(f"{launcher} is missing: NPROC/HOSTS need MLX's launcher; re-run scripts/setup.sh")
-    port = os.environ.get("AUTOGOLF_RING_PORT") or str(free_port_base(launch["world_size"]))
+    port = settings.get("AUTOGOLF_RING_PORT") or str(free_port_base(launch["world_size"]))
     where = ["--hostfile", launch["hostfile"]] if "hostfile" in launch \
         else ["--hosts", "127.0.0.1", "-n", str(launch["world_size"])]
     env = [arg for k, v in sorted((forward or {}).items()) for arg in ("--env", f"{k}={v}")]

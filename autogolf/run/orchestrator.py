@@ -56,12 +56,14 @@ from autogolf.data.cache import CacheError, resolve_dataset, verify_cache
 from autogolf.judge import repeats, verdict
 from autogolf.run import budget
 from autogolf.run.runlock import LockTimeout, RunLock
+from autogolf.fsutil import file_sha256
 from autogolf.data.shards import ShardError
 from autogolf.data import dataview, shardstate
 from autogolf.measure import score
+from autogolf import paths, settings
+from autogolf.settings import SettingError
+from autogolf.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_TRAINER = REPO_ROOT / "benchmark" / "train_gpt_mlx.py"
 EXIT_CODES = {"ok": 0, "crash": 1, "data_error": 2, "config_error": 2, "cap_violation": 3, "integrity_failed": 4,
               "harness_error": 70,
               "lock_timeout": 75, "timeout": 124, "killed": 137}
@@ -308,7 +310,7 @@ def _one_line(text: str, limit: int = 600) -> str:
 
 
 def _env_seconds(name: str, default: float) -> float:
-    raw = os.environ.get(name, "")
+    raw = settings.get(name)
     if not raw:
         return float(default)
     try:
@@ -325,7 +327,7 @@ def _start_time() -> float:
     execs Python (so interpreter start-up counts), else this process's start time."""
     now = time.time()
     try:
-        start = float(os.environ.get("AUTOGOLF_START_TIME", "").replace(",", "."))
+        start = float(settings.get("AUTOGOLF_START_TIME").replace(",", "."))
         if 0 <= now - start < 60:  # ignore a stale value inherited from an outer run
             return start
     except ValueError:
@@ -337,7 +339,7 @@ def prune_raw_model(logs_dir: Path, run_id: str) -> None:
     """The trainer also saves the raw fp32 weights (4 bytes/parameter: 68 MB for the
     baseline). Only the int8+zlib artifact is scored, and a 200-experiment session would
     pile up ~14 GB of raw copies, so they go unless AUTOGOLF_KEEP_RAW_MODEL=1."""
-    if os.environ.get("AUTOGOLF_KEEP_RAW_MODEL") == "1":
+    if settings.get("AUTOGOLF_KEEP_RAW_MODEL") == "1":
         return
     for path in logs_dir.glob(f"{glob_escape(run_id)}_*.npz"):
         path.unlink(missing_ok=True)
@@ -367,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         n = repeats.count(os.environ)
         plan = repeats.plan(n, run_id, os.environ) if n > 1 else [None]
-    except profiles.ProfileError as e:
+    except SettingError as e:
         say(f"autoresearch: config_error: {e}")
         say(verdict.format_line(verdict.not_judged(f"config_error: {e}")))
         return EXIT_CODES["config_error"]
@@ -383,7 +385,7 @@ def run_one(profile_name: str, run_id: str, repeat: dict | None) -> int:
     """One benchmark run (one repeat of REPEATS): ledger rows, then its printed lines."""
     process_start = _start_time() if not repeat or repeat["index"] == 1 else time.time()
     started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    trainer = Path(os.environ.get("AUTOGOLF_TRAINER") or DEFAULT_TRAINER).resolve()
+    trainer = Path(settings.get("AUTOGOLF_TRAINER") or paths.TRAINER).resolve()
     logs_dir = REPO_ROOT / "logs"
     log_path = logs_dir / f"{run_id}.txt"
     console_path = logs_dir / f"{run_id}.console.txt"
@@ -444,7 +446,7 @@ def run_one(profile_name: str, run_id: str, repeat: dict | None) -> int:
                                         f"`git checkout -- benchmark/train_gpt_mlx.py` or fix "
                                         f"AUTOGOLF_TRAINER")
         trainer_text = trainer.read_bytes()
-        row["trainer"] = {"path": str(trainer), "sha256": ledger.file_sha256(trainer),
+        row["trainer"] = {"path": str(trainer), "sha256": file_sha256(trainer),
                           "bytes": len(trainer_text), "lines": trainer_text.count(b"\n")}
         _, message = checks.ensure_manifest(REPO_ROOT, dataset_dir, tokenizer_path)
         if message:
@@ -468,7 +470,7 @@ def run_one(profile_name: str, run_id: str, repeat: dict | None) -> int:
         row["settings"].update({k: env[k] for k in ("NPROC", "HOSTS") if env.get(k)})
 
         timeout = _env_seconds("AUTOGOLF_TIMEOUT", profile.timeout_seconds)
-        grace = _env_seconds("AUTOGOLF_KILL_GRACE_SECONDS", 10.0)
+        grace = _env_seconds("AUTOGOLF_KILL_GRACE_SECONDS", float(settings.default("AUTOGOLF_KILL_GRACE_SECONDS")))
         lock.set_deadline(time.time() + timeout + 2 * grace + 60)  # + evaluation and bookkeeping
         say(f"autoresearch: dataset={dataset_label} trainer={trainer.name} timeout={timeout:g}s "
             f"log={log_path.relative_to(REPO_ROOT)}")
@@ -527,7 +529,7 @@ def run_one(profile_name: str, run_id: str, repeat: dict | None) -> int:
         status, reason = "lock_timeout", str(e)
     except (CacheError, ShardError) as e:  # they name the file and the fix
         status, reason = "data_error", str(e)
-    except (profiles.ProfileError, distributed.LaunchError) as e:
+    except (SettingError, distributed.LaunchError) as e:
         status, reason = "config_error", str(e)
     except Exception as e:  # a bug in the harness: still record the run
         import traceback
@@ -606,8 +608,9 @@ def run_one(profile_name: str, run_id: str, repeat: dict | None) -> int:
             vs_best = " (no comparable kept run)"
         else:
             # pi-autoresearch does not enforce a minimum improvement; we state it here.
-            word = "improved" if v["delta"] <= -verdict.MIN_IMPROVEMENT_BPB else "not_improved"
-            vs_best = f" vs_best={v['delta']:+.4f} {word}(min {verdict.MIN_IMPROVEMENT_BPB})"
+            minimum = verdict.min_improvement()
+            word = "improved" if v["delta"] <= -minimum else "not_improved"
+            vs_best = f" vs_best={v['delta']:+.4f} {word}(min {minimum})"
         overrides = " overrides=" + ",".join(f"{k}={v}" for k, v in row["overrides"].items()) \
             if row.get("overrides") else ""
         say(f"autoresearch: ok profile={profile_name} dataset={dataset_label} "

@@ -15,11 +15,13 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from autogolf.settings import SettingError
+
 PROFILES_FILE = Path(__file__).with_name("profiles.toml")
 DEFAULT_PROFILE = "breadth"
 
 
-class ProfileError(ValueError):
+class ProfileError(SettingError):
     """An unknown profile or a malformed profiles file; the message says which and how to fix."""
 
 

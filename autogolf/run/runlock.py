@@ -30,9 +30,9 @@ import sys
 import time
 from pathlib import Path
 
+from autogolf import settings
 from autogolf.fsutil import pid_alive
 
-DEFAULT_WAIT_SECONDS = 900.0
 _POLL_SECONDS = 0.25
 _REPORT_EVERY_SECONDS = 30.0
 
@@ -42,16 +42,16 @@ class LockTimeout(RuntimeError):
 
 
 def default_lock_path() -> Path:
-    override = os.environ.get("AUTOGOLF_LOCK_PATH")
+    override = settings.get("AUTOGOLF_LOCK_PATH")
     if override:
         return Path(override)
     return Path("/tmp") / f"autogolf-{os.getuid()}.lock"
 
 
 def default_wait_seconds() -> float:
-    raw = os.environ.get("AUTOGOLF_LOCK_WAIT_SECONDS", "")
+    raw = settings.get("AUTOGOLF_LOCK_WAIT_SECONDS")
     try:
-        return float(raw) if raw else DEFAULT_WAIT_SECONDS
+        return float(raw)
     except ValueError:
         raise ValueError(f"AUTOGOLF_LOCK_WAIT_SECONDS={raw!r} is not a number of seconds") from None
 

@@ -19,15 +19,16 @@ import shutil
 import sys
 from pathlib import Path
 
+from autogolf import settings
 from autogolf.judge import ledger
+from autogolf.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACT_SUFFIX = "_mlx_model.int8.ptz"
 RAW_SUFFIX = "_mlx_model.npz"
 
 
 def keep_last() -> int:
-    raw = os.environ.get("AUTOGOLF_KEEP_LAST", "5")
+    raw = settings.get("AUTOGOLF_KEEP_LAST")
     try:
         return max(int(raw), 0)
     except ValueError:
@@ -49,7 +50,7 @@ def prune(logs_dir: Path, ledger_path: Path, *, last: int | None = None, dry_run
     keep = artifacts_to_keep(runs, keep_last() if last is None else last)
     running = {r["run_id"] for r in runs if r.get("status") == "running"}
     doomed = [p for p in logs_dir.glob(f"*{ARTIFACT_SUFFIX}") if p.name[:-len(ARTIFACT_SUFFIX)] not in keep]
-    if os.environ.get("AUTOGOLF_KEEP_RAW_MODEL") != "1":  # asked to keep them (autogolf/run/orchestrator.py)
+    if settings.get("AUTOGOLF_KEEP_RAW_MODEL") != "1":  # asked to keep them (autogolf/run/orchestrator.py)
         doomed += [p for p in logs_dir.glob(f"*{RAW_SUFFIX}") if p.name[:-len(RAW_SUFFIX)] not in running]
     views = logs_dir / "views"
     if views.is_dir():
