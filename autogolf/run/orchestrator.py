@@ -48,7 +48,7 @@ from pathlib import Path
 
 import psutil
 
-from autogolf.judge import checks, ledger
+from autogolf.judge import ledger, protected
 from autogolf.measure import logparse, metrics
 from autogolf.run import distributed, profiles, storage
 from autogolf.run.blas import preload_env
@@ -448,7 +448,7 @@ def run_one(profile_name: str, run_id: str, repeat: dict | None) -> int:
         trainer_text = trainer.read_bytes()
         row["trainer"] = {"path": str(trainer), "sha256": file_sha256(trainer),
                           "bytes": len(trainer_text), "lines": trainer_text.count(b"\n")}
-        _, message = checks.ensure_manifest(REPO_ROOT, dataset_dir, tokenizer_path)
+        _, message = protected.ensure_manifest(REPO_ROOT, dataset_dir, tokenizer_path)
         if message:
             say(f"autoresearch: {message}")
 
@@ -556,8 +556,8 @@ def run_one(profile_name: str, run_id: str, repeat: dict | None) -> int:
         "wall_seconds": round(wall, 3), "timing": timing, "metrics": dict(result.metrics),
         "metric_notes": result.notes, "git": ledger.git_info(REPO_ROOT),
         "upstream_commit": _upstream_commit(), "machine": ledger.machine_info(),
-        "protected_digest": checks.manifest_digest(REPO_ROOT),
-        "harness_digest": checks.harness_digest(REPO_ROOT),
+        "protected_digest": protected.manifest_digest(REPO_ROOT),
+        "harness_digest": protected.harness_digest(REPO_ROOT),
     })
     last_repeat = not repeat or repeat["index"] == repeat["of"] or status != "ok"
     printed = dict(result.metrics)
