@@ -35,233 +35,35 @@ Timing, precisely (all in the ledger row's "timing"; wall excludes waiting for t
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import re
 import secrets
-import signal
-import subprocess
 import sys
-import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
-from autogolf.judge import ledger, protected
-from autogolf.measure import logparse, metrics
-from autogolf.run import distributed, profiles, storage
-from autogolf.run.blas import preload_env
-from autogolf.data.cache import CacheError, resolve_dataset, verify_cache
-from autogolf.judge import repeats, verdict
-from autogolf.run import budget
-from autogolf.run.runlock import LockTimeout, RunLock
-from autogolf.fsutil import file_sha256
-from autogolf.data.shards import ShardError
-from autogolf.data import dataview, shardstate
-from autogolf.measure import score
 from autogolf import paths, settings
-from autogolf.settings import SettingError
+from autogolf.data import dataview, shardstate
+from autogolf.data.cache import CacheError, resolve_dataset, verify_cache
+from autogolf.data.shards import ShardError
+from autogolf.fsutil import file_sha256
+from autogolf.judge import ledger, repeats, verdict
+from autogolf.judge.protected import ensure_manifest, harness_digest, manifest_digest
+from autogolf.measure import logparse, metrics, score
 from autogolf.paths import REPO_ROOT
-
-EXIT_CODES = {"ok": 0, "crash": 1, "data_error": 2, "config_error": 2, "cap_violation": 3, "integrity_failed": 4,
-              "harness_error": 70,
-              "lock_timeout": 75, "timeout": 124, "killed": 137}
-_PROGRESS_QUIET_SECONDS = 10.0  # at most one val_progress line per this many seconds on stdout
-
-
-class Interrupted(BaseException):
-    """SIGINT/SIGTERM arrived; unwinds to the finalization, which still writes the ledger."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
+from autogolf.run import budget, distributed, outcome, profiles, storage
+from autogolf.run.blas import preload_env
+from autogolf.run.outcome import EXIT_CODES
+from autogolf.run.runlock import RunLock
+from autogolf.run.trainer import ProcessFacts, StopFlag, read_text, run_trainer
+from autogolf.settings import SettingError
+from autogolf.textutil import one_line, say
 
 
-# The signal handler only records the signal; the run acts on it at safe points (while
-# waiting for the lock, between steps, while waiting for the trainer), so a signal can
-# never cut a kill, a ledger write or a lock release in half.
-_STOP: dict = {"signal": None}
-LAST_TRAINER: dict = {}  # the last trainer's pid and lifetime, also when it was interrupted
-
-
-def _on_signal(signum, frame) -> None:
-    if _STOP["signal"] is None:
-        _STOP["signal"] = signum
-
-
-def check_stop() -> None:
-    if _STOP["signal"] is not None:
-        raise Interrupted(_STOP["signal"])
-
-
-def say(msg: str) -> None:
-    print(msg, flush=True)
-
-
-# --------------------------------------------------------------------------- trainer process
-
-def _descendants(pid: int) -> list[psutil.Process]:
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        return []
-
-
-def kill_tree(proc: subprocess.Popen, grace: float) -> None:
-    """SIGTERM the trainer's process group and every descendant (some may have left the
-    group), wait up to `grace` seconds, then SIGKILL whatever is left. Reaps the trainer."""
-    others = _descendants(proc.pid)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-        for p in others:
-            try:
-                p.send_signal(sig)
-            except psutil.Error:
-                pass
-        if sig == signal.SIGKILL:
-            break
-        deadline = time.monotonic() + grace
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
-        _, alive = psutil.wait_procs(others, timeout=max(0.0, deadline - time.monotonic()))
-        if proc.poll() is not None and not alive:
-            break
-    proc.wait()
-
-
-def _stream(proc: subprocess.Popen, console_path: Path, state: dict) -> None:
-    """Copy the trainer's output to the console file; echo it to stdout with a prefix (so
-    nothing the trainer prints can pose as a METRIC line), val_progress thinned out."""
-    last_progress = 0.0
-    with open(console_path, "wb") as console:
-        for raw in iter(proc.stdout.readline, b""):
-            console.write(raw)
-            console.flush()
-            line = raw.decode("utf-8", errors="replace").rstrip()
-            state["last_line"] = line or state.get("last_line", "")
-            if line.startswith("val_progress:"):
-                now = time.monotonic()
-                if now - last_progress < _PROGRESS_QUIET_SECONDS:
-                    continue
-                last_progress = now
-            if state.get("echo", True):
-                try:
-                    print(f"  | {line}", flush=True)
-                except (OSError, ValueError):
-                    state["echo"] = False  # stdout went away (reader killed): keep logging
-
-
-def _die_with_parent(parent_pid: int):
-    """preexec_fn for the trainer on Linux: the kernel SIGKILLs it the moment the orchestrator
-    dies, even by SIGKILL (PR_SET_PDEATHSIG), so no trainer outlives its run unrecorded.
-    Elsewhere the inherited lock still keeps a lingering trainer from overlapping the next."""
-    def setup() -> None:
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            return
-        if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os._exit(1)
-    return setup if sys.platform.startswith("linux") else None
-
-
-def run_trainer(cmd: list[str], env: dict, console_path: Path, timeout: float, grace: float,
-                lock: RunLock, cwd: Path = REPO_ROOT) -> dict:
-    """Run the trainer to completion, timeout or interruption. Returns returncode,
-    timed_out, trainer_s; raises Interrupted (after the tree is dead) on SIGINT/SIGTERM."""
-    console_path.parent.mkdir(parents=True, exist_ok=True)
-    start = time.monotonic()
-    started_at = time.time()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True,  # its own group: we kill it as a whole
-                            pass_fds=(lock.fd,),  # a lingering trainer keeps the machine locked
-                            preexec_fn=_die_with_parent(os.getpid()))
-    lock.set_trainer_pid(proc.pid)
-    state: dict = {}
-    reader = threading.Thread(target=_stream, args=(proc, console_path, state), daemon=True)
-    reader.start()
-    timed_out = False
-    try:
-        while True:
-            try:
-                proc.wait(timeout=0.2)
-                break
-            except subprocess.TimeoutExpired:
-                if _STOP["signal"] is not None:
-                    kill_tree(proc, grace)
-                    break
-                if time.monotonic() - start > timeout:
-                    timed_out = True
-                    kill_tree(proc, grace)
-                    break
-    finally:
-        # Anything the trainer left behind in its group (it exited, or was killed -9 by
-        # someone else while a child of its lived on) goes too: one trainer per machine.
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        reader.join(timeout=5.0)
-        lock.set_trainer_pid(None)
-        # For the ledger even when interrupted: the trainer's lifetime (epoch seconds).
-        state.update(trainer_s=time.monotonic() - start, started_at=started_at, ended_at=time.time())
-        LAST_TRAINER.clear()
-        LAST_TRAINER.update(state, pid=proc.pid)
-    check_stop()  # interrupted: the tree is dead; unwind to the ledger row
-    return {"returncode": proc.returncode, "timed_out": timed_out, "pid": proc.pid,
-            "trainer_s": time.monotonic() - start, "last_line": state.get("last_line", ""),
-            "started_at": started_at, "ended_at": time.time()}
-
-
-def crash_reason(console_path: Path, returncode: int) -> str:
-    """The exception line of a Python traceback in the console output, else its last line."""
-    try:
-        lines = console_path.read_text(encoding="utf-8", errors="replace").splitlines()[-200:]
-    except OSError:
-        lines = []
-    lines = [l.strip() for l in lines if l.strip()]
-    exc = [l for l in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt|Exit)\b", l)]
-    detail = exc[-1] if exc else (lines[-1] if lines else "no output")
-    return f"trainer exited with code {returncode}: {detail}"
-
-
-def trainer_error_line(console_path: Path) -> str | None:
-    """The trainer's own one-line `error: ...` for a bad setting or bad data (it exits 2)."""
-    try:
-        lines = console_path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return None
-    errors = [l.strip()[len("error:"):].strip() for l in lines if l.strip().startswith("error:")]
-    return errors[-1] if errors else None
-
-
-def _score(row: dict, trainer: Path, artifact: Path, dataset_dir: Path, tokenizer_path: Path, env: dict,
-           lock: RunLock, timeout: float, grace: float, trainer_bpb: float) -> tuple[str, str]:
-    """The harness scores the artifact in its own process (autogolf/measure/score.py):
-    ("ok", "") or ("integrity_failed", the one-line reason). The ledger gets both numbers."""
-    def run(cmd, scorer_env, console, limit, cwd):
-        return run_trainer(cmd, scorer_env, console, limit, grace, lock, cwd=cwd)
-
-    trainer_facts = dict(LAST_TRAINER)  # the timing row describes the trainer, not the scorer
-    earlier = [r for r in ledger.runs(ledger.default_path(REPO_ROOT)) if r.get("run_id") != row["run_id"]]
-    try:
-        row["harness_score"], row["holdout"], failure = score.score_run(
-            run, trainer=trainer, artifact=artifact, dataset_dir=dataset_dir, tokenizer=tokenizer_path,
-            view=row["data_view"], env=env, repo_root=REPO_ROOT,
-            console=REPO_ROOT / "logs" / f"{row['run_id']}.score.txt", timeout=timeout, trainer_bpb=trainer_bpb,
-            best_before=_best_before(earlier, row["profile"], (row.get("dataset") or {}).get("fingerprint")))
-    finally:
-        LAST_TRAINER.clear()
-        LAST_TRAINER.update(trainer_facts)
-    return ("integrity_failed", failure) if failure else ("ok", "")
-
+# --------------------------------------------------------------------------- helpers
 
 def _best_before(rows: list[dict], profile: str, fingerprint: str | None) -> float | None:
     """The best val_bpb of earlier standard runs on this profile and data (finished ok, checks
@@ -281,8 +83,6 @@ def _int(raw: str, name: str) -> int:
         raise profiles.ProfileError(f"{name}={raw!r} is not an integer; fix that setting") from None
 
 
-# --------------------------------------------------------------------------- the run
-
 def _settings(trainer: Path, env: dict, profile: profiles.Profile) -> dict:
     """The resolved trainer environment: the profile's variables, plus every variable set
     for this run that the trainer reads -- named in its source as os.environ["NAME"] /
@@ -300,13 +100,8 @@ def _settings(trainer: Path, env: dict, profile: profiles.Profile) -> dict:
 
 
 def _upstream_commit() -> str | None:
-    path = REPO_ROOT / "benchmark" / "UPSTREAM_COMMIT.txt"
+    path = paths.UPSTREAM_COMMIT_FILE
     return path.read_text().strip() if path.is_file() else None
-
-
-def _one_line(text: str, limit: int = 600) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _env_seconds(name: str, default: float) -> float:
@@ -345,15 +140,329 @@ def prune_raw_model(logs_dir: Path, run_id: str) -> None:
         path.unlink(missing_ok=True)
 
 
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-
-
 def glob_escape(text: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+# --------------------------------------------------------------------------- the run's state
+
+@dataclass
+class RunState:
+    """Everything one run (one repeat) knows, passed from step to step: no module globals."""
+    profile_name: str
+    run_id: str
+    repeat: dict | None
+    stop: StopFlag
+    process_start: float
+    trainer: Path
+    row: dict
+    logs_dir: Path = paths.LOGS_DIR
+    status: str = "harness_error"
+    reason: str = ""
+    result: metrics.MetricsResult = field(default_factory=metrics.MetricsResult)
+    profile: profiles.Profile | None = None
+    lock: RunLock | None = None
+    lock_wait: float = 0.0
+    dataset_label: str = "?"
+    dataset_dir: Path | None = None
+    tokenizer_path: Path | None = None
+    trainer_bytes: int = 0
+    env: dict = field(default_factory=dict)
+    launch: dict | None = None
+    timeout: float = 0.0
+    grace: float = 0.0
+    trainer_facts: ProcessFacts = field(default_factory=ProcessFacts)  # the trainer's, not the scorer's
+    trainer_outcome: dict = field(default_factory=dict)
+    rank_note: str = ""
+    wall: float = 0.0
+    train_s: float = 0.0
+    printed: dict = field(default_factory=dict)
+    last_repeat: bool = True
+
+    @property
+    def log_path(self) -> Path:
+        return self.logs_dir / f"{self.run_id}.txt"
+
+    @property
+    def console_path(self) -> Path:
+        return self.logs_dir / f"{self.run_id}.console.txt"
+
+    @property
+    def ledger_path(self) -> Path:
+        return ledger.default_path(REPO_ROOT)
+
+    @property
+    def artifact(self) -> Path:
+        return self.logs_dir / f"{self.run_id}_mlx_model.int8.ptz"
+
+    @property
+    def view_dir(self) -> Path:
+        return self.logs_dir / "views" / self.run_id
+
+
+def _begin(profile_name: str, run_id: str, repeat: dict | None, stop: StopFlag) -> RunState:
+    """The run's state and its first ledger entry: in the ledger from the first moment, so
+    even a kill -9 of this process leaves a trace (the next run or `just ledger` records it
+    as lost); earlier lost runs are settled now."""
+    process_start = _start_time() if not repeat or repeat["index"] == 1 else time.time()
+    trainer = Path(settings.get("AUTOGOLF_TRAINER") or paths.TRAINER).resolve()
+    state = RunState(profile_name=profile_name, run_id=run_id, repeat=repeat, stop=stop,
+                     process_start=process_start, trainer=trainer, row={})
+    state.row = {"run_id": run_id, "status": None, "exit_reason": "",
+                 "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "profile": profile_name,
+                 "log_path": str(state.log_path.relative_to(REPO_ROOT)),
+                 "console_path": str(state.console_path.relative_to(REPO_ROOT))}
+    if repeat:
+        state.row["repeat"] = {k: repeat[k] for k in ("group", "index", "of", "seed")}
+    ledger.reconcile(state.ledger_path)
+    ledger.append_start(run_id, state.ledger_path, profile=profile_name, started_epoch=round(process_start, 3),
+                        log_path=state.row["log_path"], console_path=state.row["console_path"],
+                        **({"repeat": state.row["repeat"]} if repeat else {}))
+    return state
+
+
+# --------------------------------------------------------------------------- steps before the trainer
+
+def _load_profile(state: RunState) -> None:
+    """The profile and the training budget it gets on this machine (run/budget.py)."""
+    profile = state.profile = profiles.load(state.profile_name)
+    state.row["budget"] = budget.apply(profile, os.environ, REPO_ROOT)
+    state.row["settings"] = dict(profile.resolved)
+    state.row["overrides"] = dict(profile.overrides)
+    say(f"autoresearch: run {state.run_id} profile={profile.name}: "
+        f"{one_line(profile.description, 160)}")
+
+
+def _take_lock(state: RunState) -> None:
+    state.stop.check()
+    state.lock = RunLock(run_id=state.run_id, report=say)
+    try:
+        state.lock.acquire(poll=state.stop.check)
+    finally:
+        state.lock_wait = state.lock.waited_seconds
+
+
+def _check_data(state: RunState) -> None:
+    """The data cache, fast (headers, sizes, manifest, tokenizer), then every shard against
+    the manifest: stat unchanged, or re-hashed (data/shardstate.py)."""
+    state.dataset_dir, state.tokenizer_path, _ = resolve_dataset(paths.DATA_DIR)
+    report = verify_cache(state.dataset_dir, state.tokenizer_path, deep=False)
+    is_fineweb = bool(report["is_fineweb"])
+    state.dataset_label = f"{report['dataset']} ({'FineWeb' if is_fineweb else 'NOT FineWeb'})"
+    state.row["dataset"] = {"name": report["dataset"], "fingerprint": report["fingerprint"],
+                            "is_fineweb": is_fineweb, "dir": str(state.dataset_dir),
+                            "tokenizer": str(state.tokenizer_path), "splits": report["splits"]}
+    shards = shardstate.require_verified(state.dataset_dir)
+    state.row["shard_check"] = {"hashed": shards["hashed"], "hashed_bytes": shards["hashed_bytes"],
+                                "seconds": shards["seconds"], "shards": len(shards["shards"])}
+
+
+def _check_trainer(state: RunState) -> None:
+    """The trainer exists and is recorded; the protected-file manifest exists (first use)."""
+    trainer = state.trainer
+    if not trainer.is_file():
+        raise profiles.ProfileError(f"{trainer}: trainer script not found; restore it with "
+                                    f"`git checkout -- benchmark/train_gpt_mlx.py` or fix "
+                                    f"AUTOGOLF_TRAINER")
+    trainer_text = trainer.read_bytes()
+    state.trainer_bytes = len(trainer_text)
+    state.row["trainer"] = {"path": str(trainer), "sha256": file_sha256(trainer),
+                            "bytes": len(trainer_text), "lines": trainer_text.count(b"\n")}
+    _, message = ensure_manifest(REPO_ROOT, state.dataset_dir, state.tokenizer_path)
+    if message:
+        say(f"autoresearch: {message}")
+
+
+def _prepare_environment(state: RunState) -> None:
+    """The trainer's environment: the profile, the repeat's seed, a per-run data view with the
+    train shards and only the selection slice of val, the BLAS preload, NPROC / HOSTS."""
+    state.stop.check()
+    profile, row = state.profile, state.row
+    env = dict(os.environ)
+    env.update(profile.resolved)
+    env.update(repeats.environ_for(state.repeat, env))
+    env.pop("DATA_PATH", None)
+    view_dir, row["data_view"] = dataview.build_view(
+        state.dataset_dir, state.view_dir, _int(env.get("VAL_MAX_TOKENS", "0"), "VAL_MAX_TOKENS"),
+        profile.holdout_tokens)
+    env.update({"DATA_PATH": str(view_dir), "TOKENIZER_PATH": str(state.tokenizer_path),
+                "RUN_ID": state.run_id, "OUT_DIR": str(state.logs_dir), "PYTHONUNBUFFERED": "1"})
+    env = state.env = preload_env(env)  # optimized BLAS on Linux CPU (autogolf/run/blas.py)
+    row["settings"] = _settings(state.trainer, env, profile)
+    row["blas_preload"] = env.get("LD_PRELOAD", "")
+    state.launch = row["distributed"] = distributed.plan(env)  # NPROC / HOSTS: mlx.launch
+    row["settings"].update({k: env[k] for k in ("NPROC", "HOSTS") if env.get(k)})
+
+
+def _resolve_timeout(state: RunState) -> None:
+    """The hard timeout (AUTOGOLF_TIMEOUT, else the profile's) and the kill grace; the lock
+    says until when the run may hold it (+ evaluation and bookkeeping)."""
+    state.timeout = _env_seconds("AUTOGOLF_TIMEOUT", state.profile.timeout_seconds)
+    state.grace = _env_seconds("AUTOGOLF_KILL_GRACE_SECONDS", float(settings.default("AUTOGOLF_KILL_GRACE_SECONDS")))
+    state.lock.set_deadline(time.time() + state.timeout + 2 * state.grace + 60)
+
+
+# --------------------------------------------------------------------------- the trainer and its result
+
+def _train(state: RunState) -> None:
+    """The trainer under the hard timeout; its raw weights go, its artifact is recorded."""
+    row = state.row
+    say(f"autoresearch: dataset={state.dataset_label} trainer={state.trainer.name} timeout={state.timeout:g}s "
+        f"log={state.log_path.relative_to(REPO_ROOT)}")
+    command = distributed.trainer_command(sys.executable, state.trainer, state.launch, REPO_ROOT,
+                                          dict(row["settings"], PYTHONUNBUFFERED="1"))
+    state.trainer_outcome = run_trainer(command, state.env, state.console_path, state.timeout, state.grace,
+                                        state.lock, state.stop, facts=state.trainer_facts)
+    returncode = state.trainer_outcome["returncode"]
+    row["returncode"], state.rank_note = distributed.rank_returncode(returncode, read_text(state.console_path)) \
+        if state.launch else (returncode, "")
+    prune_raw_model(state.logs_dir, state.run_id)
+    row["artifact_path"] = str(state.artifact.relative_to(REPO_ROOT)) if state.artifact.is_file() else None
+
+
+def _measure(state: RunState) -> None:
+    """Metrics from the trainer's own log (the console capture if it never wrote one)."""
+    source = state.log_path if state.log_path.is_file() else state.console_path
+    parsed = logparse.parse_file(source) if source.is_file() else logparse.ParsedLog()
+    try:
+        shard_tokens = metrics.train_shard_sizes(state.dataset_dir)
+    except (CacheError, ShardError) as e:  # the run's result still counts
+        shard_tokens = None
+        say(f"autoresearch: warning: {e}")
+    state.result = metrics.compute(parsed, code_bytes=state.trainer_bytes, train_shard_tokens=shard_tokens)
+    state.row["backend"], state.row["mlx_version"] = parsed.backend, parsed.mlx_version
+    state.row["train_s"] = (parsed.train_time_ms or 0) / 1000.0
+
+
+def _classify(state: RunState) -> None:
+    """The trainer's status (run/outcome.py); an ok run is then scored by the harness itself
+    (the artifact, the causality probe, the holdout: measure/score.py)."""
+    timeout_reason = (f"trainer exceeded the {state.timeout:g} s timeout (profile "
+                      f"{state.profile.name}; AUTOGOLF_TIMEOUT) and was killed"
+                      f"{distributed.HANG_NOTE if state.launch else ''}; "
+                      f"last output: {state.trainer_outcome['last_line'][:160]}")
+    state.status, state.reason = outcome.trainer_status(state.trainer_outcome, state.row["returncode"],
+                                                        state.result, state.console_path, timeout_reason)
+    if state.rank_note and state.status != "ok":
+        state.reason = f"{state.reason} ({state.rank_note})"
+    if state.status == "ok":
+        state.status, state.reason = _score(state)
+
+
+def _score(state: RunState) -> tuple[str, str]:
+    """The harness scores the artifact in its own process: ("ok", "") or ("integrity_failed",
+    the one-line reason). The ledger gets both numbers."""
+    row = state.row
+
+    def run(cmd, scorer_env, console, limit, cwd):  # the scorer's facts are not the trainer's
+        return run_trainer(cmd, scorer_env, console, limit, state.grace, state.lock, state.stop, cwd=cwd)
+
+    earlier = [r for r in ledger.runs(state.ledger_path) if r.get("run_id") != row["run_id"]]
+    row["harness_score"], row["holdout"], failure = score.score_run(
+        run, trainer=state.trainer, artifact=state.artifact, dataset_dir=state.dataset_dir,
+        tokenizer=state.tokenizer_path, view=row["data_view"], env=state.env, repo_root=REPO_ROOT,
+        console=state.logs_dir / f"{row['run_id']}.score.txt", timeout=state.timeout,
+        trainer_bpb=state.result.metrics["val_bpb"],
+        best_before=_best_before(earlier, row["profile"], (row.get("dataset") or {}).get("fingerprint")))
+    return ("integrity_failed", failure) if failure else ("ok", "")
+
+
+RUN_STEPS = (_load_profile, _take_lock, _check_data, _check_trainer, _prepare_environment,
+             _resolve_timeout, _train, _measure, _classify)
+
+
+# --------------------------------------------------------------------------- finalization
+
+def _complete_row(state: RunState) -> list[dict]:
+    """Timing and the run's facts into its row; returns the ledger's earlier rows."""
+    facts = state.trainer_facts
+    wall = state.wall = time.time() - state.process_start - state.lock_wait
+    train_s = state.train_s = float(state.row.get("train_s") or 0.0)
+    timing = {"wall_s": round(wall, 3), "lock_wait_s": round(state.lock_wait, 3),
+              "trainer_s": round(facts.seconds, 3), "train_s": round(train_s, 3),
+              "harness_only_s": round(wall - facts.seconds, 3),
+              "trainer_pid": facts.pid, "trainer_started_at": facts.started_at,
+              "trainer_ended_at": facts.ended_at}
+    if state.status == "ok" and wall > 0:
+        state.result.metrics["harness_overhead_pct"] = round(100.0 * (wall - train_s) / wall, 2)
+    rows_before = [r for r in ledger.runs(state.ledger_path) if r.get("run_id") != state.run_id]
+    state.row.update({
+        "record": "run", "status": state.status, "exit_reason": state.reason,
+        "ended_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ended_epoch": round(time.time(), 3),
+        "wall_seconds": round(wall, 3), "timing": timing, "metrics": dict(state.result.metrics),
+        "metric_notes": state.result.notes, "git": ledger.git_info(REPO_ROOT),
+        "upstream_commit": _upstream_commit(), "machine": ledger.machine_info(),
+        "protected_digest": manifest_digest(REPO_ROOT),
+        "harness_digest": harness_digest(REPO_ROOT),
+    })
+    return rows_before
+
+
+def _judge(state: RunState, rows_before: list[dict]) -> None:
+    """The verdict is the group's: the median of the repeats, judged once, after the last."""
+    repeat, row, status = state.repeat, state.row, state.status
+    state.last_repeat = not repeat or repeat["index"] == repeat["of"] or status != "ok"
+    state.printed = dict(state.result.metrics)
+    if not state.last_repeat:
+        return
+    try:
+        summary = repeats.summarize(repeats.group_rows(rows_before, repeat["group"]) + [row]) \
+            if repeat else None
+        if summary:
+            row["repeats"] = summary
+        state.printed = repeats.apply_to_metrics(state.result.metrics, summary)
+        row["verdict"] = verdict.for_run(row, rows_before, REPO_ROOT) if status == "ok" else \
+            verdict.not_judged(f"{status}: {one_line(state.reason, 200)}")
+    except Exception as e:  # a bug there must not cost the run its ledger row
+        row["verdict"] = verdict.not_judged(f"no verdict: {type(e).__name__}: {e}")
+        row["verdict"]["call"] = "inconclusive"
+
+
+def _record(state: RunState) -> None:
+    """The ledger row, bounded storage (run/storage.py), then the lock goes."""
+    lock = state.lock if state.lock is not None and state.lock.fd is not None else None  # None: never acquired
+    dataview.remove_view(state.view_dir)
+    try:
+        ledger.append(state.row, state.ledger_path)
+        try:
+            pruned = storage.prune(state.logs_dir, state.ledger_path)
+        except OSError as e:  # never costs the run its result
+            pruned = []
+            say(f"autoresearch: warning: storage prune failed: {e}")
+        if pruned:
+            say(f"autoresearch: storage: pruned {len(pruned)} old artifact(s)/view(s) "
+                f"(rule: autogolf/run/storage.py)")
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _report(state: RunState) -> int:
+    """The run's printed lines; its exit code."""
+    code = outcome.exit_code(state.status, state.row)
+    if not state.last_repeat:
+        outcome.print_repeat_line(state.status, state.row, state.repeat, state.result.metrics.get("val_bpb"))
+        return code
+    outcome.print_summary(state.status, state.reason, state.row, state.printed, state.dataset_label,
+                          state.wall, state.train_s, state.trainer_facts.seconds)
+    return code
+
+
+def run_one(profile_name: str, run_id: str, repeat: dict | None, stop: StopFlag) -> int:
+    """One benchmark run (one repeat of REPEATS): its steps, then -- with signals deferred --
+    the ledger row, always, and its printed lines."""
+    state = _begin(profile_name, run_id, repeat, stop)
+    try:
+        for step in RUN_STEPS:
+            step(state)
+    except (Exception, outcome.Interrupted) as e:  # every failure still gets its ledger row
+        state.status, state.reason = outcome.failure_status(e)
+        if isinstance(e, outcome.Interrupted):
+            state.row["signal"] = e.signum
+    rows_before = _complete_row(state)
+    _judge(state, rows_before)
+    _record(state)
+    return _report(state)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -373,256 +482,13 @@ def main(argv: list[str] | None = None) -> int:
         say(f"autoresearch: config_error: {e}")
         say(verdict.format_line(verdict.not_judged(f"config_error: {e}")))
         return EXIT_CODES["config_error"]
+    stop = StopFlag()
+    stop.install()
     code = 0
     for repeat in plan:
-        code = run_one(profile_name, repeat["run_id"] if repeat else run_id, repeat)
-        if _STOP["signal"] is not None or (repeat and code != 0):
+        code = run_one(profile_name, repeat["run_id"] if repeat else run_id, repeat, stop)
+        if stop.signal is not None or (repeat and code != 0):
             break  # interrupted, or a repeat failed: its own lines say why
-    return code
-
-
-def run_one(profile_name: str, run_id: str, repeat: dict | None) -> int:
-    """One benchmark run (one repeat of REPEATS): ledger rows, then its printed lines."""
-    process_start = _start_time() if not repeat or repeat["index"] == 1 else time.time()
-    started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    trainer = Path(settings.get("AUTOGOLF_TRAINER") or paths.TRAINER).resolve()
-    logs_dir = REPO_ROOT / "logs"
-    log_path = logs_dir / f"{run_id}.txt"
-    console_path = logs_dir / f"{run_id}.console.txt"
-    ledger_path = ledger.default_path(REPO_ROOT)
-
-    # SIGHUP too: a closed terminal or tmux pane must not orphan a trainer unrecorded.
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _on_signal)
-
-    row: dict = {"run_id": run_id, "status": None, "exit_reason": "", "started_at": started_at,
-                 "profile": profile_name, "log_path": str(log_path.relative_to(REPO_ROOT)),
-                 "console_path": str(console_path.relative_to(REPO_ROOT))}
-    if repeat:
-        row["repeat"] = {k: repeat[k] for k in ("group", "index", "of", "seed")}
-    # In the ledger from the first moment, so even a kill -9 of this process leaves a trace
-    # (the next run or `just ledger` records it as lost); earlier lost runs are settled now.
-    ledger.reconcile(ledger_path)
-    ledger.append_start(run_id, ledger_path, profile=profile_name, started_epoch=round(process_start, 3),
-                        log_path=row["log_path"], console_path=row["console_path"],
-                        **({"repeat": row["repeat"]} if repeat else {}))
-    status, reason = "harness_error", ""
-    result = metrics.MetricsResult()
-    lock: RunLock | None = None
-    lock_wait = 0.0
-    trainer_s = 0.0
-    dataset_label = "?"
-    profile: profiles.Profile | None = None
-    try:
-        profile = profiles.load(profile_name)
-        row["budget"] = budget.apply(profile, os.environ, REPO_ROOT)
-        row["settings"] = dict(profile.resolved)
-        row["overrides"] = dict(profile.overrides)
-        say(f"autoresearch: run {run_id} profile={profile.name}: "
-            f"{_one_line(profile.description, 160)}")
-
-        check_stop()
-        lock = RunLock(run_id=run_id, report=say)
-        try:
-            lock.acquire(poll=check_stop)
-        finally:
-            lock_wait = lock.waited_seconds
-
-        # The data cache: fast verification only (headers, sizes, manifest, tokenizer).
-        dataset_dir, tokenizer_path, manifest = resolve_dataset(REPO_ROOT / "data")
-        report = verify_cache(dataset_dir, tokenizer_path, deep=False)
-        is_fineweb = bool(report["is_fineweb"])
-        dataset_label = f"{report['dataset']} ({'FineWeb' if is_fineweb else 'NOT FineWeb'})"
-        row["dataset"] = {"name": report["dataset"], "fingerprint": report["fingerprint"],
-                          "is_fineweb": is_fineweb, "dir": str(dataset_dir),
-                          "tokenizer": str(tokenizer_path), "splits": report["splits"]}
-        # Every shard against the manifest: stat unchanged, or re-hashed (data/shardstate.py)
-        shards = shardstate.require_verified(dataset_dir)
-        row["shard_check"] = {"hashed": shards["hashed"], "hashed_bytes": shards["hashed_bytes"],
-                              "seconds": shards["seconds"], "shards": len(shards["shards"])}
-
-        if not trainer.is_file():
-            raise profiles.ProfileError(f"{trainer}: trainer script not found; restore it with "
-                                        f"`git checkout -- benchmark/train_gpt_mlx.py` or fix "
-                                        f"AUTOGOLF_TRAINER")
-        trainer_text = trainer.read_bytes()
-        row["trainer"] = {"path": str(trainer), "sha256": file_sha256(trainer),
-                          "bytes": len(trainer_text), "lines": trainer_text.count(b"\n")}
-        _, message = protected.ensure_manifest(REPO_ROOT, dataset_dir, tokenizer_path)
-        if message:
-            say(f"autoresearch: {message}")
-
-        check_stop()
-        env = dict(os.environ)
-        env.update(profile.resolved)
-        env.update(repeats.environ_for(repeat, env))
-        env.pop("DATA_PATH", None)
-        # The trainer sees a per-run view: train shards, and only the selection slice of val.
-        view_dir, row["data_view"] = dataview.build_view(
-            dataset_dir, logs_dir / "views" / run_id, _int(env.get("VAL_MAX_TOKENS", "0"), "VAL_MAX_TOKENS"),
-            profile.holdout_tokens)
-        env.update({"DATA_PATH": str(view_dir), "TOKENIZER_PATH": str(tokenizer_path),
-                    "RUN_ID": run_id, "OUT_DIR": str(logs_dir), "PYTHONUNBUFFERED": "1"})
-        env = preload_env(env)  # optimized BLAS on Linux CPU (autogolf/run/blas.py)
-        row["settings"] = _settings(trainer, env, profile)
-        row["blas_preload"] = env.get("LD_PRELOAD", "")
-        launch = row["distributed"] = distributed.plan(env)  # NPROC / HOSTS: mlx.launch
-        row["settings"].update({k: env[k] for k in ("NPROC", "HOSTS") if env.get(k)})
-
-        timeout = _env_seconds("AUTOGOLF_TIMEOUT", profile.timeout_seconds)
-        grace = _env_seconds("AUTOGOLF_KILL_GRACE_SECONDS", float(settings.default("AUTOGOLF_KILL_GRACE_SECONDS")))
-        lock.set_deadline(time.time() + timeout + 2 * grace + 60)  # + evaluation and bookkeeping
-        say(f"autoresearch: dataset={dataset_label} trainer={trainer.name} timeout={timeout:g}s "
-            f"log={log_path.relative_to(REPO_ROOT)}")
-        command = distributed.trainer_command(sys.executable, trainer, launch, REPO_ROOT,
-                                              dict(row["settings"], PYTHONUNBUFFERED="1"))
-        outcome = run_trainer(command, env, console_path, timeout, grace, lock)
-        trainer_s = outcome["trainer_s"]
-        rc, rank_note = distributed.rank_returncode(outcome["returncode"], _read_text(console_path)) \
-            if launch else (outcome["returncode"], "")
-        row["returncode"] = rc
-        prune_raw_model(logs_dir, run_id)
-        artifact = logs_dir / f"{run_id}_mlx_model.int8.ptz"
-        row["artifact_path"] = str(artifact.relative_to(REPO_ROOT)) if artifact.is_file() else None
-
-        # Metrics: from the trainer's own log; the console capture if it never wrote one.
-        source = log_path if log_path.is_file() else console_path
-        parsed = logparse.parse_file(source) if source.is_file() else logparse.ParsedLog()
-        try:
-            shard_tokens = metrics.train_shard_sizes(dataset_dir)
-        except (CacheError, ShardError) as e:  # the run's result still counts
-            shard_tokens = None
-            say(f"autoresearch: warning: {e}")
-        result = metrics.compute(parsed, code_bytes=len(trainer_text), train_shard_tokens=shard_tokens)
-        row["backend"], row["mlx_version"] = parsed.backend, parsed.mlx_version
-        row["train_s"] = (parsed.train_time_ms or 0) / 1000.0
-        if outcome["timed_out"]:
-            status, reason = "timeout", (f"trainer exceeded the {timeout:g} s timeout (profile "
-                                         f"{profile.name}; AUTOGOLF_TIMEOUT) and was killed"
-                                         f"{distributed.HANG_NOTE if launch else ''}; "
-                                         f"last output: {outcome['last_line'][:160]}")
-        elif rc < 0:
-            status, reason = "killed", f"trainer was killed by {signal.Signals(-rc).name}"
-        elif rc == 2 and (error := trainer_error_line(console_path)):
-            status, reason = "config_error", f"trainer refused its settings or data (exit 2): {error}"
-        elif rc != 0:
-            status, reason = "crash", crash_reason(console_path, rc)
-        elif not result.ok:
-            status, reason = "crash", f"trainer exited 0 but {result.reason}"
-        elif result.metrics.get("total_bytes", 0) > metrics.ARTIFACT_CAP_BYTES:
-            status, reason = "cap_violation", (
-                f"artifact is {result.metrics['total_bytes']:,} bytes, over the "
-                f"{metrics.ARTIFACT_CAP_BYTES:,}-byte cap")
-        elif "total_bytes" not in result.metrics:
-            status, reason = "crash", "no artifact size in the log (export did not run?)"
-        else:
-            status, reason = "ok", ""
-        if rank_note and status != "ok":
-            reason = f"{reason} ({rank_note})"
-        if status == "ok":  # the harness's own score of the artifact, the probe, the holdout
-            status, reason = _score(row, trainer, artifact, dataset_dir, tokenizer_path, env, lock,
-                                    timeout, grace, result.metrics["val_bpb"])
-    except Interrupted as e:
-        status, reason = "interrupted", f"interrupted by {signal.Signals(e.signum).name}"
-        row["signal"] = e.signum
-    except LockTimeout as e:
-        status, reason = "lock_timeout", str(e)
-    except (CacheError, ShardError) as e:  # they name the file and the fix
-        status, reason = "data_error", str(e)
-    except (SettingError, distributed.LaunchError) as e:
-        status, reason = "config_error", str(e)
-    except Exception as e:  # a bug in the harness: still record the run
-        import traceback
-
-        traceback.print_exc()
-        status, reason = "harness_error", f"{type(e).__name__}: {e}"
-
-    # ---- finalization: signals are deferred from here on; the ledger row is always written
-    wall = time.time() - process_start - lock_wait
-    train_s = float(row.get("train_s") or 0.0)
-    trainer_s = trainer_s or LAST_TRAINER.get("trainer_s", 0.0)
-    timing = {"wall_s": round(wall, 3), "lock_wait_s": round(lock_wait, 3),
-              "trainer_s": round(trainer_s, 3), "train_s": round(train_s, 3),
-              "harness_only_s": round(wall - trainer_s, 3),
-              "trainer_pid": LAST_TRAINER.get("pid"),
-              "trainer_started_at": LAST_TRAINER.get("started_at"),
-              "trainer_ended_at": LAST_TRAINER.get("ended_at")}
-    if status == "ok" and wall > 0:
-        result.metrics["harness_overhead_pct"] = round(100.0 * (wall - train_s) / wall, 2)
-    rows_before = [r for r in ledger.runs(ledger_path) if r.get("run_id") != run_id]
-    row.update({
-        "record": "run", "status": status, "exit_reason": reason, "ended_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "ended_epoch": round(time.time(), 3),
-        "wall_seconds": round(wall, 3), "timing": timing, "metrics": dict(result.metrics),
-        "metric_notes": result.notes, "git": ledger.git_info(REPO_ROOT),
-        "upstream_commit": _upstream_commit(), "machine": ledger.machine_info(),
-        "protected_digest": protected.manifest_digest(REPO_ROOT),
-        "harness_digest": protected.harness_digest(REPO_ROOT),
-    })
-    last_repeat = not repeat or repeat["index"] == repeat["of"] or status != "ok"
-    printed = dict(result.metrics)
-    if last_repeat:  # the verdict is the group's: median of the repeats, judged once
-        try:
-            summary = repeats.summarize(repeats.group_rows(rows_before, repeat["group"]) + [row]) \
-                if repeat else None
-            if summary:
-                row["repeats"] = summary
-            printed = repeats.apply_to_metrics(result.metrics, summary)
-            row["verdict"] = verdict.for_run(row, rows_before, REPO_ROOT) if status == "ok" else \
-                verdict.not_judged(f"{status}: {_one_line(reason, 200)}")
-        except Exception as e:  # a bug there must not cost the run its ledger row
-            row["verdict"] = verdict.not_judged(f"no verdict: {type(e).__name__}: {e}")
-            row["verdict"]["call"] = "inconclusive"
-    if lock is not None and lock.fd is None:
-        lock = None  # never acquired
-    dataview.remove_view(logs_dir / "views" / run_id)
-    try:
-        ledger.append(row, ledger_path)
-        try:
-            pruned = storage.prune(logs_dir, ledger_path)  # bounded storage (autogolf/run/storage.py)
-        except OSError as e:  # never costs the run its result
-            pruned = []
-            say(f"autoresearch: warning: storage prune failed: {e}")
-        if pruned:
-            say(f"autoresearch: storage: pruned {len(pruned)} old artifact(s)/view(s) (rule: autogolf/run/storage.py)")
-    finally:
-        if lock is not None:
-            lock.release()
-
-    code = EXIT_CODES.get(status, 1)
-    if status == "interrupted":
-        code = 128 + int(row.get("signal", signal.SIGTERM))
-    if not last_repeat:
-        say(f"autoresearch: repeat {repeat['index']}/{repeat['of']} (SEED={repeat['seed'] or 'default'}) "
-            f"{status} val_bpb={result.metrics.get('val_bpb')} log={row['log_path']}")
-        return code
-    if row.get("repeats"):
-        say(f"autoresearch: {repeats.describe(row['repeats'])}")
-    # An integrity failure prints no METRIC: its numbers are the ones the harness disowns.
-    for line in metrics.metric_lines(printed) if status != "integrity_failed" else []:
-        say(line)
-    if status == "ok":
-        m = printed
-        v = row["verdict"]
-        if v.get("delta") is None:
-            vs_best = " (no comparable kept run)"
-        else:
-            # pi-autoresearch does not enforce a minimum improvement; we state it here.
-            minimum = verdict.min_improvement()
-            word = "improved" if v["delta"] <= -minimum else "not_improved"
-            vs_best = f" vs_best={v['delta']:+.4f} {word}(min {minimum})"
-        overrides = " overrides=" + ",".join(f"{k}={v}" for k, v in row["overrides"].items()) \
-            if row.get("overrides") else ""
-        say(f"autoresearch: ok profile={profile_name} dataset={dataset_label} "
-            f"val_bpb={m['val_bpb']:.8f}{vs_best} total_bytes={m['total_bytes']:,} "
-            f"headroom={m['artifact_headroom_bytes']:,} wall={wall:.1f}s train={train_s:.1f}s "
-            f"overhead={m['harness_overhead_pct']:.1f}% (harness {wall - trainer_s:.1f}s)"
-            f" harness_score=agrees(|diff|={row['harness_score']['abs_diff']:.1e})"
-            f"{overrides} log={row['log_path']}")
-    else:
-        say(f"autoresearch: {status} profile={profile_name} dataset={dataset_label} "
-            f"wall={wall:.1f}s log={row['console_path']} reason: {_one_line(reason)}")
-    say(verdict.format_line(row["verdict"]))
     return code
 
 
