@@ -23,7 +23,7 @@ corpus SRC *ARGS:
 
 # check that the tokenizer, shards and manifest agree; print token counts per split
 verify-data *ARGS:
-    {{py}} -m autogolf.data.cache verify {{ARGS}}
+    {{py}} -m autogolf.data.cache_cli verify {{ARGS}}
 
 # the cheap proxy benchmark the agent runs by default
 breadth:

@@ -190,7 +190,7 @@ def test_tokenizer_found_after_the_repo_moves(data_root):
 
 
 def _cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "autogolf.data.cache", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "autogolf.data.cache_cli", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=120, env=env)
 
 

@@ -85,7 +85,7 @@ def test_verify_data_reports_each_shard(data):
     dataset, tokenizer = data
     flip_byte(dataset / "fineweb_train_000001.bin")
     (dataset / "fineweb_train_000003.bin").unlink()
-    done = subprocess.run([sys.executable, "-m", "autogolf.data.cache", "verify", "--data-root", str(dataset.parent.parent),
+    done = subprocess.run([sys.executable, "-m", "autogolf.data.cache_cli", "verify", "--data-root", str(dataset.parent.parent),
                            "--dataset", dataset.name], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 1
     states = {line.split()[0]: line.split()[1] for line in done.stdout.splitlines()}

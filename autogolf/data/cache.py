@@ -10,14 +10,11 @@ are only compared when they were measured on the same bytes.
 `verify_cache(deep=False)` is cheap (headers and sizes) and meant for every run;
 `deep=True` re-hashes every shard and checks every token id, for `just verify-data`.
 
-CLI (this is `just verify-data`):
-    python -m autogolf.data.cache verify [--data-root data] [--dataset NAME] [--fast]
-    python -m autogolf.data.cache manifest DATASET_DIR --tokenizer PATH --source TEXT [--fineweb]
+The command line (`just verify-data`, `... manifest`) is autogolf/data/cache_cli.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -25,6 +22,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -145,6 +143,26 @@ def _check_splits(dataset_dir: Path, on_disk: dict[str, list[Path]], splits: dic
                              f"documents must be stored as BOS + tokens; rebuild the cache")
 
 
+def _each_shard(dataset_dir: Path, on_disk: dict[str, list[Path]], label: str,
+                measure: Callable[[Path], tuple[int, str, int]]) -> tuple[dict[str, tuple[int, str, int]], dict]:
+    """Run `measure(path) -> (num_tokens, sha256, bytes)` over every shard, split by split,
+    with progress on stderr. Returns ({shard name: what measure returned}, split totals).
+    One loop for writing a manifest and for checking one against it."""
+    progress = _Progress(f"{label} {dataset_dir.name}", sum(len(v) for v in on_disk.values()))
+    measured: dict[str, tuple[int, str, int]] = {}
+    splits: dict[str, dict] = {}
+    done = nbytes = 0
+    for split in SPLITS:
+        split_tokens = 0
+        for path in on_disk[split]:
+            num_tokens, sha, size = measured[path.name] = measure(path)
+            split_tokens += num_tokens
+            done, nbytes = done + 1, nbytes + size
+            progress.update(done, nbytes)
+        splits[split] = {"shards": len(on_disk[split]), "tokens": split_tokens}
+    return measured, splits
+
+
 def _atomic_write_json(path: Path, obj: dict) -> None:
     atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode("utf-8"))
 
@@ -174,21 +192,9 @@ def write_manifest(dataset_dir: Path, tokenizer_path: Path, *, source: str, is_f
 
     on_disk = _shards_on_disk(dataset_dir)
     _check_contiguous(dataset_dir, on_disk)
-    total = sum(len(v) for v in on_disk.values())
-    progress = _Progress(f"manifest {dataset_dir.name}", total)
-    shards: dict[str, dict] = {}
-    splits: dict[str, dict] = {}
-    done = nbytes = 0
-    for split in SPLITS:
-        split_tokens = 0
-        for path in on_disk[split]:
-            num_tokens, sha = _scan_shard(path, vocab_size)
-            size = path.stat().st_size
-            shards[path.name] = {"num_tokens": num_tokens, "sha256": sha, "bytes": size}
-            split_tokens += num_tokens
-            done, nbytes = done + 1, nbytes + size
-            progress.update(done, nbytes)
-        splits[split] = {"shards": len(on_disk[split]), "tokens": split_tokens}
+    measured, splits = _each_shard(dataset_dir, on_disk, "manifest",
+                                   lambda path: (*_scan_shard(path, vocab_size), path.stat().st_size))
+    shards = {name: {"num_tokens": n, "sha256": sha, "bytes": size} for name, (n, sha, size) in measured.items()}
     _check_splits(dataset_dir, on_disk, splits, bos_id)
 
     manifest = {
@@ -216,7 +222,7 @@ def read_manifest(dataset_dir: Path) -> dict:
     if not path.is_file():
         raise CacheError(f"{path}: no manifest, so this cache was never finished (or was made "
                          f"by another tool); run `just bootstrap` (or `just corpus SRC`) to "
-                         f"build it, or adopt shards you trust with `python -m autogolf.data.cache "
+                         f"build it, or adopt shards you trust with `python -m autogolf.data.cache_cli "
                          f"manifest {Path(dataset_dir)} --tokenizer T.model --source TEXT`")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
@@ -242,23 +248,8 @@ def manifest_tokenizer_path(dataset_dir: Path, manifest: dict) -> Path:
 
 # --------------------------------------------------------------------------- verify
 
-def verify_cache(dataset_dir: Path, tokenizer_path: Path | None = None, *, deep: bool = True) -> dict:
-    """Check that a cache is complete and matches its manifest and tokenizer.
-
-    Fast (deep=False): manifest, tokenizer, shard list, headers, sizes, BOS at the start of
-    each split. Deep: also every shard's sha256 and every token id < vocab size.
-    Returns a report dict; raises CacheError (naming the file, saying what to do)."""
-    dataset_dir = Path(dataset_dir)
-    if not dataset_dir.is_dir():
-        raise CacheError(f"{dataset_dir}: dataset folder does not exist; run `just bootstrap` "
-                         f"(or `just corpus SRC`)")
-    manifest = read_manifest(dataset_dir)
-    manifest_path = dataset_dir / MANIFEST_NAME
-    if manifest["dataset"] != dataset_dir.name:
-        raise CacheError(f"{manifest_path}: manifest is for dataset {manifest['dataset']!r} but the "
-                         f"folder is {dataset_dir.name!r}; rename the folder back, or rewrite the "
-                         f"manifest with `python -m autogolf.data.cache manifest {dataset_dir} --tokenizer "
-                         f"... --source ...`")
+def _check_tokenizer(dataset_dir: Path, manifest: dict, tokenizer_path: Path | None) -> tuple[Path, int, int, str]:
+    """The tokenizer is the one that wrote the cache: (path, vocab size, BOS id, sha256)."""
     tokenizer_path = Path(tokenizer_path) if tokenizer_path else manifest_tokenizer_path(dataset_dir, manifest)
     sp = load_tokenizer(tokenizer_path)
     vocab_size, bos_id = int(sp.vocab_size()), int(sp.bos_id())
@@ -277,8 +268,12 @@ def verify_cache(dataset_dir: Path, tokenizer_path: Path | None = None, *, deep:
                          f"(sha256 {tokenizer_sha[:12]}..., manifest has "
                          f"{manifest['tokenizer_sha256'][:12]}...); point TOKENIZER_PATH at "
                          f"{manifest['tokenizer_name']} or rebuild the cache with this tokenizer")
+    return tokenizer_path, vocab_size, bos_id, tokenizer_sha
 
-    on_disk = _shards_on_disk(dataset_dir)
+
+def _check_listed(dataset_dir: Path, manifest: dict, on_disk: dict[str, list[Path]]) -> None:
+    """The shards on disk are exactly those the manifest lists."""
+    manifest_path = dataset_dir / MANIFEST_NAME
     names_on_disk = {p.name for paths in on_disk.values() for p in paths}
     names_listed = set(manifest["shards"])
     if names_listed - names_on_disk:
@@ -292,53 +287,72 @@ def verify_cache(dataset_dir: Path, tokenizer_path: Path | None = None, *, deep:
                          f"({len(extra)} unlisted in all); it was added after the manifest was "
                          f"written; remove it, or rebuild the cache so the manifest covers it")
 
-    total = len(names_on_disk)
-    progress = _Progress(f"verify {dataset_dir.name}", total)
-    shard_sha: dict[str, str] = {}
-    splits: dict[str, dict] = {}
-    done = nbytes = 0
-    for split in SPLITS:
-        split_tokens = 0
-        for path in on_disk[split]:
-            entry = manifest["shards"][path.name]
-            try:
-                size = path.stat().st_size
-                if size != entry["bytes"]:
-                    raise CacheError(f"{path}: size {size} bytes but the manifest recorded "
-                                     f"{entry['bytes']}; the shard changed since the cache was "
-                                     f"built; delete it and re-run `just bootstrap` "
-                                     f"(or `just corpus SRC`)")
-                if deep:
-                    num_tokens, sha = _scan_shard(path, vocab_size)
-                    if sha != entry["sha256"]:
-                        raise CacheError(f"{path}: sha256 {sha[:12]}... does not match the manifest "
-                                         f"({entry['sha256'][:12]}...); the shard was modified or "
-                                         f"corrupted; delete it and re-run `just bootstrap` "
-                                         f"(or `just corpus SRC`)")
-                else:
-                    num_tokens, sha = read_header(path), entry["sha256"]
-            except ShardError as e:
-                raise CacheError(str(e)) from e
-            if num_tokens != entry["num_tokens"]:
-                raise CacheError(f"{path}: holds {num_tokens} tokens but the manifest recorded "
-                                 f"{entry['num_tokens']}; rebuild the cache")
-            shard_sha[path.name] = sha
-            split_tokens += num_tokens
-            done, nbytes = done + 1, nbytes + size
-            progress.update(done, nbytes)
-        splits[split] = {"shards": len(on_disk[split]), "tokens": split_tokens}
 
-    _check_splits(dataset_dir, on_disk, splits, bos_id)
+def _verify_shard(path: Path, entry: dict, vocab_size: int, deep: bool) -> tuple[int, str, int]:
+    """One shard against its manifest entry: size, then (deep) sha256 and every token id, or
+    (fast) the header's count. Returns (num_tokens, sha256, bytes)."""
+    try:
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            raise CacheError(f"{path}: size {size} bytes but the manifest recorded "
+                             f"{entry['bytes']}; the shard changed since the cache was "
+                             f"built; delete it and re-run `just bootstrap` "
+                             f"(or `just corpus SRC`)")
+        if deep:
+            num_tokens, sha = _scan_shard(path, vocab_size)
+            if sha != entry["sha256"]:
+                raise CacheError(f"{path}: sha256 {sha[:12]}... does not match the manifest "
+                                 f"({entry['sha256'][:12]}...); the shard was modified or "
+                                 f"corrupted; delete it and re-run `just bootstrap` "
+                                 f"(or `just corpus SRC`)")
+        else:
+            num_tokens, sha = read_header(path), entry["sha256"]
+    except ShardError as e:
+        raise CacheError(str(e)) from e
+    if num_tokens != entry["num_tokens"]:
+        raise CacheError(f"{path}: holds {num_tokens} tokens but the manifest recorded "
+                         f"{entry['num_tokens']}; rebuild the cache")
+    return num_tokens, sha, size
+
+
+def _check_totals(dataset_dir: Path, manifest: dict, splits: dict, fingerprint: str) -> None:
+    """Split totals and the fingerprint agree with the manifest (else it was edited by hand)."""
+    manifest_path = dataset_dir / MANIFEST_NAME
     for split in SPLITS:
         if splits[split] != manifest["splits"].get(split):
             raise CacheError(f"{manifest_path}: {split} totals {manifest['splits'].get(split)} do "
                              f"not match the shards {splits[split]}; rebuild the cache")
-
-    fingerprint = compute_fingerprint(tokenizer_sha, shard_sha)
     if fingerprint != manifest["fingerprint"]:
         raise CacheError(f"{manifest_path}: fingerprint does not match the tokenizer and shards "
                          f"(the manifest was edited by hand); rebuild it with "
-                         f"`python -m autogolf.data.cache manifest` or re-run `just bootstrap`")
+                         f"`python -m autogolf.data.cache_cli manifest` or re-run `just bootstrap`")
+
+
+def verify_cache(dataset_dir: Path, tokenizer_path: Path | None = None, *, deep: bool = True) -> dict:
+    """Check that a cache is complete and matches its manifest and tokenizer.
+
+    Fast (deep=False): manifest, tokenizer, shard list, headers, sizes, BOS at the start of
+    each split. Deep: also every shard's sha256 and every token id < vocab size.
+    Returns a report dict; raises CacheError (naming the file, saying what to do)."""
+    dataset_dir = Path(dataset_dir)
+    if not dataset_dir.is_dir():
+        raise CacheError(f"{dataset_dir}: dataset folder does not exist; run `just bootstrap` "
+                         f"(or `just corpus SRC`)")
+    manifest = read_manifest(dataset_dir)
+    if manifest["dataset"] != dataset_dir.name:
+        raise CacheError(f"{dataset_dir / MANIFEST_NAME}: manifest is for dataset {manifest['dataset']!r} but the "
+                         f"folder is {dataset_dir.name!r}; rename the folder back, or rewrite the "
+                         f"manifest with `python -m autogolf.data.cache_cli manifest {dataset_dir} --tokenizer "
+                         f"... --source ...`")
+    tokenizer_path, vocab_size, bos_id, tokenizer_sha = _check_tokenizer(dataset_dir, manifest, tokenizer_path)
+    on_disk = _shards_on_disk(dataset_dir)
+    _check_listed(dataset_dir, manifest, on_disk)
+    measured, splits = _each_shard(
+        dataset_dir, on_disk, "verify",
+        lambda path: _verify_shard(path, manifest["shards"][path.name], vocab_size, deep))
+    _check_splits(dataset_dir, on_disk, splits, bos_id)
+    fingerprint = compute_fingerprint(tokenizer_sha, {name: sha for name, (_, sha, _) in measured.items()})
+    _check_totals(dataset_dir, manifest, splits, fingerprint)
     return {
         "dataset": manifest["dataset"],
         "dataset_dir": str(dataset_dir),
@@ -384,80 +398,3 @@ def resolve_dataset(data_root: Path | str = "data") -> tuple[Path, Path, dict]:
 
 
 # --------------------------------------------------------------------------- CLI
-
-def format_report(report: dict) -> str:
-    lines = [
-        f"dataset: {report['dataset']} ({report['dataset_dir']})",
-        f"source: {report['source']}",
-        f"is_fineweb: {str(report['is_fineweb']).lower()}",
-        f"tokenizer: {report['tokenizer_path']} (vocab {report['vocab_size']}, bos {report['bos_id']})",
-        f"fingerprint: {report['fingerprint']}",
-    ]
-    for split in SPLITS:
-        s = report["splits"][split]
-        lines.append(f"{split}: {s['shards']} shards, {s['tokens']:,} tokens")
-    lines.append("verify: ok (" + ("deep: sha256 and every token id checked" if report["deep"]
-                                   else "fast: headers and sizes only") + ")")
-    return "\n".join(lines)
-
-
-def shard_report(dataset_dir: Path, *, rehash: bool) -> int:
-    """Print each shard's state (verified, changed, missing); return how many are not verified."""
-    from autogolf.data import shardstate  # it builds on this module
-
-    result = shardstate.shard_states(Path(dataset_dir), rehash=rehash)
-    for name, s in result["shards"].items():
-        print(f"{name:<28} {s['state']:<9} {s['how']}")
-    bad = [n for n, s in result["shards"].items() if s["state"] != "verified"]
-    if bad:
-        print(f"error: {shardstate.problem(dataset_dir, result)}", file=sys.stderr)
-    return len(bad)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m autogolf.data.cache", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    v = sub.add_parser("verify", help="check a dataset cache against its manifest and tokenizer")
-    v.add_argument("--data-root", default="data", help="folder holding datasets/ and tokenizers/ (default: data)")
-    v.add_argument("--dataset", default=None,
-                   help="dataset name under DATA_ROOT/datasets (default: DATA_PATH, else "
-                        f"{FINEWEB_DATASET} if present, else {SYNTH_DATASET})")
-    v.add_argument("--tokenizer", default=None,
-                   help="tokenizer .model to check against (default: TOKENIZER_PATH, else the manifest's)")
-    v.add_argument("--fast", action="store_true",
-                   help="skip checking every token id, and hash only shards whose size, mtime or inode "
-                        "changed since they were last verified (what every run does)")
-    m = sub.add_parser("manifest", help="validate the shards of a dataset folder and (re)write its manifest")
-    m.add_argument("dataset_dir", help="dataset folder holding fineweb_{train,val}_NNNNNN.bin")
-    m.add_argument("--tokenizer", required=True, help="the SentencePiece .model that wrote the shards")
-    m.add_argument("--source", required=True, help="where the data came from, recorded in the manifest")
-    m.add_argument("--fineweb", action="store_true",
-                   help="mark the cache as the real FineWeb challenge data (is_fineweb: true)")
-    args = parser.parse_args(argv)
-    # Under `python -m autogolf.data.cache` this file is __main__, and autogolf.verify imports it
-    # again as autogolf.data.cache: its CacheError is another class, caught here too.
-    import autogolf.data.cache as canonical
-    try:
-        if args.command == "manifest":
-            manifest = write_manifest(Path(args.dataset_dir), Path(args.tokenizer),
-                                      source=args.source, is_fineweb=args.fineweb)
-            print(f"wrote {Path(args.dataset_dir) / MANIFEST_NAME} fingerprint {manifest['fingerprint']}")
-            return 0
-        if args.dataset:
-            dataset_dir = Path(args.data_root) / "datasets" / args.dataset
-            tokenizer_path = args.tokenizer or os.environ.get("TOKENIZER_PATH") or None
-        else:
-            dataset_dir, tokenizer_path, _ = resolve_dataset(args.data_root)
-            tokenizer_path = args.tokenizer or tokenizer_path
-        if shard_report(dataset_dir, rehash=not args.fast):
-            return 1
-        report = verify_cache(dataset_dir, tokenizer_path, deep=not args.fast)
-    except (CacheError, ShardError, canonical.CacheError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(format_report(report))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
