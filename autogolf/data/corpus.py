@@ -335,6 +335,42 @@ def build_cache(docs: Callable[[], Iterable[str]], *, name: str, data_root: Path
     data_root = Path(data_root)
     datasets_dir, tokenizers_dir = data_root / "datasets", data_root / "tokenizers"
     final_dir = datasets_dir / name
+    tokenizer, tokenizer_dest = _check_build_request(name, final_dir, tokenizers_dir, tokenizer,
+                                                     tokenizer_name, force)
+    datasets_dir.mkdir(parents=True, exist_ok=True)
+    tokenizers_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_builds(datasets_dir)
+    build_root = datasets_dir / f"{BUILD_PREFIX}{os.getpid()}"
+    shutil.rmtree(build_root, ignore_errors=True)
+    build_dir = build_root / name
+    build_dir.mkdir(parents=True)
+    try:
+        staged = tokenizer if tokenizer is not None else \
+            _train_staged_tokenizer(docs, name, tokenizer_train_docs, build_root / tokenizer_dest.name)
+        stats = tokenize_to_shards(docs(), staged, build_dir, val_docs=val_docs,
+                                   shard_tokens=shard_tokens, label=name)
+        if stats["docs"]["val"] == 0 or stats["docs"]["train"] == 0:
+            raise CacheError(f"{source}: {stats['docs']['val']} validation and "
+                             f"{stats['docs']['train']} training documents; a cache needs both; "
+                             f"use a larger corpus or a smaller --val-docs")
+        _install_tokenizer(staged, tokenizer_dest)  # first: the manifest records its final path
+        manifest = write_manifest(build_dir, tokenizer_dest, source=source, is_fineweb=is_fineweb,
+                                  extra={"val_docs": stats["docs"]["val"], "train_docs": stats["docs"]["train"],
+                                         "shard_tokens": shard_tokens, **(extra or {})})
+        if final_dir.exists():
+            final_dir.rename(build_root / f"old-{name}")
+        build_dir.rename(final_dir)
+    except ShardError as e:
+        raise CacheError(str(e)) from e
+    finally:
+        shutil.rmtree(build_root, ignore_errors=True)
+    return manifest
+
+
+def _check_build_request(name: str, final_dir: Path, tokenizers_dir: Path, tokenizer: Path | None,
+                         tokenizer_name: str | None, force: bool) -> tuple[Path | None, Path]:
+    """Refuse, before any work, a build that would clobber a cache or another tokenizer.
+    Returns (the given tokenizer, expanded, or None; where the cache's tokenizer goes)."""
     if not name or "/" in name or name.startswith("."):
         raise CacheError(f"{name!r}: dataset name must be a plain folder name")
     if final_dir.exists() and not force:
@@ -357,50 +393,33 @@ def build_cache(docs: Callable[[], Iterable[str]], *, name: str, data_root: Path
     elif tokenizer_dest.exists() and not force:
         raise CacheError(f"{tokenizer_dest}: tokenizer already exists; pass --force to retrain "
                          f"and replace it, or pass --tokenizer {tokenizer_dest} to reuse it")
+    return tokenizer, tokenizer_dest
 
-    datasets_dir.mkdir(parents=True, exist_ok=True)
-    tokenizers_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_builds(datasets_dir)
-    build_root = datasets_dir / f"{BUILD_PREFIX}{os.getpid()}"
-    shutil.rmtree(build_root, ignore_errors=True)
-    build_dir = build_root / name
-    build_dir.mkdir(parents=True)
-    try:
-        if tokenizer is None:
-            t0 = time.monotonic()
-            train_docs = docs() if tokenizer_train_docs is None else itertools.islice(docs(), tokenizer_train_docs)
-            print(f"{name}: training the {VOCAB_SIZE}-token BPE tokenizer "
-                  f"({'all' if tokenizer_train_docs is None else f'the first {tokenizer_train_docs:,}'} "
-                  f"documents)", file=sys.stderr, flush=True)
-            staged = train_tokenizer(train_docs, build_root / tokenizer_name)
-            print(f"{name}: tokenizer trained in {time.monotonic() - t0:.1f}s", file=sys.stderr, flush=True)
-        else:
-            staged = tokenizer
-        stats = tokenize_to_shards(docs(), staged, build_dir, val_docs=val_docs,
-                                   shard_tokens=shard_tokens, label=name)
-        if stats["docs"]["val"] == 0 or stats["docs"]["train"] == 0:
-            raise CacheError(f"{source}: {stats['docs']['val']} validation and "
-                             f"{stats['docs']['train']} training documents; a cache needs both; "
-                             f"use a larger corpus or a smaller --val-docs")
-        # Put the tokenizer in place first: the manifest records its final path.
-        if staged.resolve() != tokenizer_dest.resolve():
-            for suffix in (".vocab", ".model"):
-                src = staged.with_suffix(suffix)
-                if src.is_file():
-                    tmp = tokenizer_dest.with_name(f".{tokenizer_dest.stem}{suffix}.{os.getpid()}.partial")
-                    shutil.copyfile(src, tmp)
-                    os.replace(tmp, tokenizer_dest.with_suffix(suffix))
-        manifest = write_manifest(build_dir, tokenizer_dest, source=source, is_fineweb=is_fineweb,
-                                  extra={"val_docs": stats["docs"]["val"], "train_docs": stats["docs"]["train"],
-                                         "shard_tokens": shard_tokens, **(extra or {})})
-        if final_dir.exists():
-            final_dir.rename(build_root / f"old-{name}")
-        build_dir.rename(final_dir)
-    except ShardError as e:
-        raise CacheError(str(e)) from e
-    finally:
-        shutil.rmtree(build_root, ignore_errors=True)
-    return manifest
+
+def _train_staged_tokenizer(docs: Callable[[], Iterable[str]], name: str, train_docs_limit: int | None,
+                            staged: Path) -> Path:
+    """Train the cache's tokenizer on the first `train_docs_limit` documents (all if None)
+    into the build folder; it is put in place only once the cache is complete."""
+    t0 = time.monotonic()
+    train_docs = docs() if train_docs_limit is None else itertools.islice(docs(), train_docs_limit)
+    print(f"{name}: training the {VOCAB_SIZE}-token BPE tokenizer "
+          f"({'all' if train_docs_limit is None else f'the first {train_docs_limit:,}'} "
+          f"documents)", file=sys.stderr, flush=True)
+    staged = train_tokenizer(train_docs, staged)
+    print(f"{name}: tokenizer trained in {time.monotonic() - t0:.1f}s", file=sys.stderr, flush=True)
+    return staged
+
+
+def _install_tokenizer(staged: Path, tokenizer_dest: Path) -> None:
+    """Copy the tokenizer (.model and .vocab) to its final place, each file atomically."""
+    if staged.resolve() == tokenizer_dest.resolve():
+        return
+    for suffix in (".vocab", ".model"):
+        src = staged.with_suffix(suffix)
+        if src.is_file():
+            tmp = tokenizer_dest.with_name(f".{tokenizer_dest.stem}{suffix}.{os.getpid()}.partial")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, tokenizer_dest.with_suffix(suffix))
 
 
 def default_dataset_name(src: Path) -> str:

@@ -116,9 +116,16 @@ def compute(parsed: ParsedLog, *, code_bytes: int | None = None,
     `Total submission size int8+zlib:` nor a `Code size:` line nor an embedded source;
     `train_shard_tokens` (see train_shard_sizes) enables the shard metrics."""
     result = MetricsResult()
-    m = result.metrics
+    _score_metrics(parsed, result)
+    _artifact_metrics(parsed, code_bytes, result)
+    _speed_metrics(parsed, result)
+    _data_metrics(parsed, train_shard_tokens, result)
+    return result
 
-    # The score.
+
+def _score_metrics(parsed: ParsedLog, result: MetricsResult) -> None:
+    """val_bpb after the round trip (or why there is none), the pre-quantization value."""
+    m = result.metrics
     if parsed.roundtrip_exact is None:
         where = f" (last real line: {parsed.last_real_line!r})" if parsed.last_real_line else ""
         if parsed.partial_tail:
@@ -138,7 +145,10 @@ def compute(parsed: ParsedLog, *, code_bytes: int | None = None,
         if "val_bpb" in m:
             m["delta_bpb_roundtrip"] = round(m["val_bpb"] - m["pre_quant_val_bpb"], 8)
 
-    # The artifact.
+
+def _artifact_metrics(parsed: ParsedLog, code_bytes: int | None, result: MetricsResult) -> None:
+    """The artifact's size (code + int8+zlib model) against the cap."""
+    m = result.metrics
     total = parsed.total_submission_bytes
     if total is None and parsed.serialized_int8_zlib_bytes is not None:
         # The log's own word first, then the source it embeds (exactly the code that ran),
@@ -157,13 +167,18 @@ def compute(parsed: ParsedLog, *, code_bytes: int | None = None,
     elif parsed.serialized_int8_zlib_bytes is None:
         result.notes.append("total_bytes: no serialized_model_int8_zlib line (export did not run)")
 
-    # Speed.
+
+def _speed_metrics(parsed: ParsedLog, result: MetricsResult) -> None:
+    """The latest step's average time."""
     step_lines = [(s.step, s.step_avg_ms) for s in parsed.train_steps] + \
                  [(v.step, v.step_avg_ms) for v in parsed.val_steps]
     if step_lines:
-        m["step_ms"] = max(step_lines, key=lambda t: t[0])[1]  # the latest step's average
+        result.metrics["step_ms"] = max(step_lines, key=lambda t: t[0])[1]  # the latest step's average
 
-    # Data consumption.
+
+def _data_metrics(parsed: ParsedLog, train_shard_tokens: list[int] | None, result: MetricsResult) -> None:
+    """Tokens consumed, throughput, and how much of the train shards that touched."""
+    m = result.metrics
     batch = parsed.train_batch_tokens
     if batch is not None and parsed.steps_done:
         consumed = parsed.steps_done * batch
@@ -179,4 +194,3 @@ def compute(parsed: ParsedLog, *, code_bytes: int | None = None,
             result.notes.append("train_shard_*: no data cache given (--cache-dir)")
     elif batch is None:
         result.notes.append("train_tokens_consumed: no train_batch_tokens in the log")
-    return result
