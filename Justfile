@@ -1,5 +1,5 @@
 # autogolf tasks. `just` comes from PyPI (rust-just) into .venv/bin by scripts/setup.sh.
-# Data flow: data cache -> trainer -> log -> extractor -> METRIC lines -> ledger -> agent.
+# Data flow: data cache -> trainer -> log -> measure -> METRIC lines -> ledger -> verdict -> agent.
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
@@ -57,9 +57,17 @@ stop *ARGS:
 status *ARGS:
     @{{py}} -m autogolf.agent.status {{ARGS}}
 
-# install the agent, then run the test suite (tiny models; the real fixtures in ../shared/fixtures when present, else stand-ins)
+# install the agent, then run the whole test suite and print its 25 slowest tests (tiny models; the real fixtures in ../shared/fixtures when present, else stand-ins)
 test *ARGS:
     bash scripts/run-tests.sh {{ARGS}}
+
+# the fast tier: pure logic, no trainer process, tmux, pi or npm (under a minute; tests/conftest.py marks the rest `integration`)
+test-fast *ARGS:
+    {{py}} -m pytest -m "not integration" {{ARGS}}
+
+# every AUTOGOLF_* variable: its default, what it does, who reads it, and any value set now
+settings:
+    @{{py}} -m autogolf.settings
 
 # trainer throughput: FLOPs/token, tok/s, GFLOP/s vs a measured sgemm peak (and upstream if present)
 bench-trainer *ARGS:

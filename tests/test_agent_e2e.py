@@ -24,7 +24,7 @@ from autoresearch_helpers import git, make_project, make_tiny_dataset, wait_for
 from autogolf.judge import ledger
 from conftest import REPO
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not PI_INSTALLED, reason=PI_MISSING_REASON)]
+pytestmark = [pytest.mark.skipif(not PI_INSTALLED, reason=PI_MISSING_REASON)]
 
 SMOKE = "PROFILE=smoke bash autoresearch.sh"
 SCRIPT = [

@@ -30,8 +30,8 @@ from pathlib import Path
 
 from autogolf import settings
 from autogolf.agent import install
+from autogolf.paths import REPO_ROOT
 
-REPO_ROOT = install.REPO_ROOT
 AUTO_DIR = REPO_ROOT / ".auto"
 SESSION_DIR = REPO_ROOT / "logs" / "agent" / "pi-sessions"
 EXTENSION_DIR = install.AGENT_DIR / "node_modules" / "pi-autoresearch"
