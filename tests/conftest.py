@@ -78,6 +78,37 @@ def corpus(tmp_path_factory) -> Corpus:
     return make_standin_corpus(tmp_path_factory.mktemp("standin_corpus"))
 
 
+# --------------------------------------------------------------------------- benchmark runs
+# Shared by every module that runs `bash autoresearch.sh` in a throw-away project copy
+# (tests/autoresearch_helpers.py builds them; imported late: that module imports this one).
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory, corpus) -> tuple[Path, Path]:
+    """A tiny real cache (dataset_dir, tokenizer), built once per session."""
+    from autoresearch_helpers import make_tiny_dataset
+
+    if not (REPO / "benchmark" / "train_gpt_mlx.py").is_file():
+        pytest.skip("benchmark/train_gpt_mlx.py is not there yet")
+    return make_tiny_dataset(tmp_path_factory.mktemp("data"), corpus)
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    """A fresh throw-away git project with this checkout's harness files."""
+    from autoresearch_helpers import make_project
+
+    return make_project(tmp_path / "project")
+
+
+@pytest.fixture
+def env(tiny_data, tmp_path) -> dict:
+    """The environment of a smoke run on tiny_data, with its own machine lock."""
+    from autoresearch_helpers import bench_env
+
+    dataset, tokenizer = tiny_data
+    return bench_env(dataset, tokenizer, tmp_path / "machine.lock")
+
+
 # --------------------------------------------------------------------------- the two tiers
 # Tests that start the trainer, the harness (bash autoresearch.sh), tmux, pi or npm are
 # marked `integration`, here and nowhere else; the rest is the fast tier (`just test-fast`,

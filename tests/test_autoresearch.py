@@ -17,8 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from autoresearch_helpers import (summary_line, METRIC_RE, bench_env, git, ledger_rows, make_project,
-                                  make_tiny_dataset, metric_lines, run_bench, wait_for)
+from autoresearch_helpers import summary_line, METRIC_RE, git, ledger_rows, metric_lines, run_bench, wait_for
 from backends import this_backend
 from autogolf.run.runlock import RunLock, lock_is_free
 from conftest import REPO
@@ -28,24 +27,6 @@ REQUIRED_METRICS = {"val_bpb", "total_bytes", "artifact_headroom_bytes", "artifa
                     "train_tokens_consumed", "train_shards_touched_est",
                     "train_shard_coverage_pct", "harness_overhead_pct"}
 TRAINER_NAME = "train_gpt_mlx.py"
-
-
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory, corpus):
-    if not (REPO / "benchmark" / TRAINER_NAME).is_file():
-        pytest.skip("benchmark/train_gpt_mlx.py is not there yet")
-    return make_tiny_dataset(tmp_path_factory.mktemp("data"), corpus)
-
-
-@pytest.fixture
-def project(tmp_path):
-    return make_project(tmp_path / "project")
-
-
-@pytest.fixture
-def env(tiny_data, tmp_path):
-    dataset, tokenizer = tiny_data
-    return bench_env(dataset, tokenizer, tmp_path / "machine.lock")
 
 
 class TrainerWatch:

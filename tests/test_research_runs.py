@@ -11,7 +11,6 @@ import subprocess
 import pytest
 
 from autoresearch_helpers import git, ledger_rows, metric_lines, run_bench
-from test_autoresearch import env, project, tiny_data  # noqa: F401 (fixtures)
 from autogolf.run import profiles
 from autogolf.run import budget
 

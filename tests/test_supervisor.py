@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from agent_helpers import clean_env, events, kill_tmux_server, loop, status, tmux
-from autoresearch_helpers import make_project, wait_for
+from autoresearch_helpers import wait_for
 from autogolf.run.runlock import RunLock, lock_is_free
 
 pytestmark = pytest.mark.skipif(subprocess.run(["which", "tmux"], capture_output=True).returncode != 0,
@@ -27,11 +27,6 @@ STAND_IN = 'echo "agent up $$"; while read -r line; do echo "$line" >> logs/type
 FAST = {"AUTOGOLF_POLL_SECONDS": "0.3", "AUTOGOLF_BACKOFF_SECONDS": "0.5", "AUTOGOLF_BACKOFF_MAX_SECONDS": "2",
         "AUTOGOLF_HEALTHY_SECONDS": "1", "AUTOGOLF_NUDGE_SECONDS": "600", "AUTOGOLF_BREAKER_RESTARTS": "20",
         "AUTOGOLF_BREAKER_WINDOW_SECONDS": "600"}
-
-
-@pytest.fixture
-def project(tmp_path):
-    return make_project(tmp_path / "project")
 
 
 @pytest.fixture
