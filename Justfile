@@ -1,5 +1,5 @@
 # autogolf tasks. `just` comes from PyPI (rust-just) into .venv/bin by scripts/setup.sh.
-# Data flow: data cache -> trainer -> log -> extractor -> METRIC lines -> ledger -> agent.
+# Data flow: data cache -> trainer -> log -> measure -> METRIC lines -> ledger -> verdict -> agent.
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
@@ -19,11 +19,11 @@ bootstrap *ARGS:
 
 # build a data cache from local documents (.jsonl / .parquet / .txt, or a folder of them)
 corpus SRC *ARGS:
-    {{py}} -m autogolf.corpus "{{SRC}}" {{ARGS}}
+    {{py}} -m autogolf.data.corpus "{{SRC}}" {{ARGS}}
 
 # check that the tokenizer, shards and manifest agree; print token counts per split
 verify-data *ARGS:
-    {{py}} -m autogolf.cache verify {{ARGS}}
+    {{py}} -m autogolf.data.cache_cli verify {{ARGS}}
 
 # the cheap proxy benchmark the agent runs by default
 breadth:
@@ -57,9 +57,17 @@ stop *ARGS:
 status *ARGS:
     @{{py}} -m autogolf.agent.status {{ARGS}}
 
-# install the agent, then run the test suite (tiny models; the real fixtures in ../shared/fixtures when present, else stand-ins)
+# install the agent, then run the whole test suite and print its 25 slowest tests (tiny models; the real fixtures in ../shared/fixtures when present, else stand-ins)
 test *ARGS:
     bash scripts/run-tests.sh {{ARGS}}
+
+# the fast tier: pure logic, no trainer process, tmux, pi or npm (under a minute; tests/conftest.py marks the rest `integration`)
+test-fast *ARGS:
+    {{py}} -m pytest -m "not integration" {{ARGS}}
+
+# every AUTOGOLF_* variable: its default, what it does, who reads it, and any value set now
+settings:
+    @{{py}} -m autogolf.settings
 
 # trainer throughput: FLOPs/token, tok/s, GFLOP/s vs a measured sgemm peak (and upstream if present)
 bench-trainer *ARGS:
@@ -75,19 +83,19 @@ bench-corpus *ARGS:
 
 # which BLAS MLX uses, with a measured fp32 matmul GFLOP/s
 blas:
-    {{py}} -m autogolf.blas
+    {{py}} -m autogolf.run.blas
 
 # the run ledger (logs/runs.jsonl)
 ledger *ARGS:
-    {{py}} -m autogolf.ledger {{ARGS}}
+    {{py}} -m autogolf.judge.ledger {{ARGS}}
 
 # progress: a table per profile, logs/progress.png and logs/report.html
 report *ARGS:
-    {{py}} -m autogolf.research.report {{ARGS}}
+    {{py}} -m autogolf.lab.report {{ARGS}}
 
 # how well breadth's token budget ranks ideas (Spearman vs a longer run); --quick: only re-size breadth to this machine by the probe; writes logs/machine.json
 calibrate *ARGS:
-    {{py}} -m autogolf.research.calibrate {{ARGS}}
+    {{py}} -m autogolf.lab.calibrate {{ARGS}}
 
 # the checks pi-autoresearch runs after a successful benchmark
 checks:
@@ -95,4 +103,4 @@ checks:
 
 # re-record the hashes of the protected files (after a deliberate harness or data change)
 protect:
-    {{py}} -m autogolf.checks --protect
+    {{py}} -m autogolf.judge.checks --protect

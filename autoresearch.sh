@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The benchmark pi-autoresearch runs: trains benchmark/train_gpt_mlx.py under a profile and
-# prints METRIC lines, then one summary line. The logic is in autogolf/run.py.
+# prints METRIC lines, then one summary line. The logic is in autogolf/run/orchestrator.py.
 #   PROFILE=breadth|confirm|full|smoke bash autoresearch.sh   (default breadth)
 set -euo pipefail
 cd "$(dirname "$0")"

@@ -1,7 +1,7 @@
 """Benchmark corpus import throughput (MB of document text per second).
 
 Replicates a small real jsonl corpus to --mb megabytes in a temp folder, writes it as
-.jsonl and as .parquet, and imports each twice with autogolf.corpus: once with an existing
+.jsonl and as .parquet, and imports each twice with autogolf.data.corpus: once with an existing
 tokenizer, once training a tokenizer on the corpus first. Not a test: it only prints.
 
     .venv/bin/python scripts/bench_corpus.py [--mb 30] [--docs D.jsonl] [--tokenizer T.model]
@@ -23,9 +23,10 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from autogolf.corpus import build_cache, iter_documents  # noqa: E402
+from autogolf import settings  # noqa: E402
+from autogolf.data.corpus import build_cache, iter_documents  # noqa: E402
 
-FIXTURES = Path(os.environ.get("AUTOGOLF_FIXTURES", REPO.parent / "shared" / "fixtures"))
+FIXTURES = Path(settings.get("AUTOGOLF_FIXTURES") or REPO.parent / "shared" / "fixtures")
 
 
 def main() -> int:

@@ -25,9 +25,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from autogolf import distributed, logparse  # noqa: E402
-from autogolf.blas import preload_env  # noqa: E402
-from autogolf.cache import resolve_dataset  # noqa: E402
+from autogolf.measure import logparse  # noqa: E402
+from autogolf.run import distributed  # noqa: E402
+from autogolf.run.blas import preload_env  # noqa: E402
+from autogolf.data.cache import resolve_dataset  # noqa: E402
 
 TRAINER = REPO / "benchmark" / "train_gpt_mlx.py"
 

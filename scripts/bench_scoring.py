@@ -1,4 +1,4 @@
-"""What the harness's own score of the artifact costs (autogolf/verify/score.py), measured.
+"""What the harness's own score of the artifact costs (autogolf/measure/score.py), measured.
 
 Runs the trainer under a profile's settings for a few steps (no machine lock: run it on an
 idle machine), then the harness's scorer on its artifact, and prints: the trainer's step
@@ -24,10 +24,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from autogolf import profiles  # noqa: E402
-from autogolf.blas import preload_env  # noqa: E402
-from autogolf.cache import resolve_dataset  # noqa: E402
-from autogolf.verify import dataview  # noqa: E402
+from autogolf.run import profiles  # noqa: E402
+from autogolf.run.blas import preload_env  # noqa: E402
+from autogolf.data.cache import resolve_dataset  # noqa: E402
+from autogolf.data import dataview  # noqa: E402
 
 
 def main() -> int:
@@ -51,7 +51,7 @@ def main() -> int:
     trainer_bpb = float(re.search(r"final_int8_zlib_roundtrip_exact .*val_bpb:([\d.]+)", log)[1])
     view = dataview.plan_slices(sum(dataview.val_stream(dataset)[1]), int(prof.resolved.get("VAL_MAX_TOKENS", 0)),
                                 prof.holdout_tokens)
-    cmd = [sys.executable, "-m", "autogolf.verify.score", "--trainer", str(REPO / "benchmark" / "train_gpt_mlx.py"),
+    cmd = [sys.executable, "-m", "autogolf.measure.score", "--trainer", str(REPO / "benchmark" / "train_gpt_mlx.py"),
            "--artifact", str(out / "bench_mlx_model.int8.ptz"), "--dataset-dir", str(dataset.resolve()),
            "--tokenizer", str(Path(tokenizer).resolve()), "--selection", "%d:%d" % view.selection,
            "--out", str(out / "score.json")]

@@ -1,4 +1,4 @@
-"""What the per-run shard check costs (autogolf/verify/shardstate.py), measured.
+"""What the per-run shard check costs (autogolf/data/shardstate.py), measured.
 
 Builds a throw-away cache of real FineWeb size in a temporary folder (default 10 train
 shards of 100,000,000 tokens, 200 MB each, as upstream's sp1024 shards are, plus one val
@@ -24,9 +24,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from autogolf.cache import resolve_dataset, write_manifest  # noqa: E402
-from autogolf.shards import write_shard  # noqa: E402
-from autogolf.verify import shardstate  # noqa: E402
+from autogolf.data.cache import resolve_dataset, write_manifest  # noqa: E402
+from autogolf.data.shards import write_shard  # noqa: E402
+from autogolf.data import shardstate  # noqa: E402
 
 
 def build(root: Path, tokenizer: Path, shards: int, tokens: int) -> Path:

@@ -9,7 +9,7 @@ same data and config, twice: as-is (bfloat16 compute), and as a "savvy user" wou
 (float32 compute, patched into a temporary copy outside the repo), and prints ours/upstream.
 
 This measures; it never asserts speed. Every trainer process gets the optimized BLAS through
-LD_PRELOAD (autogolf.blas.preload_env), and so does the sgemm probe.
+LD_PRELOAD (autogolf.run.blas.preload_env), and so does the sgemm probe.
 
 FLOPs per token (multiply-add = 2 FLOPs; forward + backward = 3 x forward):
     N_mm      = L * (d*d [q] + 2*d*kv_dim [k, v] + d*d [out] + 2*mlp_mult*d*d [mlp])
@@ -45,8 +45,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from autogolf.blas import preload_env, probe  # noqa: E402
-from autogolf.shards import list_shards, read_tokens, write_shard  # noqa: E402
+from autogolf.run.blas import preload_env, probe  # noqa: E402
+from autogolf.data.shards import list_shards, read_tokens, write_shard  # noqa: E402
 
 DEFAULT_TRAINER = REPO / "benchmark" / "train_gpt_mlx.py"
 DEFAULT_UPSTREAM = REPO / ".upstream" / "parameter-golf" / "train_gpt_mlx.py"
@@ -111,7 +111,7 @@ def resolve_data(args) -> tuple[Path | None, Path]:
     tokenizer = Path(args.tokenizer_path).resolve() if args.tokenizer_path else None
     if data_path is None and not args.random_data:
         try:
-            from autogolf.cache import CacheError, resolve_dataset
+            from autogolf.data.cache import CacheError, resolve_dataset
             found_dir, found_tok, _ = resolve_dataset(REPO / "data")
             data_path, tokenizer = found_dir, tokenizer or found_tok
         except (ImportError, CacheError, OSError, ValueError) as e:
@@ -336,6 +336,93 @@ def sgemm_peak(n: int) -> tuple[float, str]:
     return result["gflops"], result["blas"]
 
 
+def print_header(args, c, f: dict, data_src, tokenizer) -> None:
+    print(f"config:{args.config} layers:{c.layers} dim:{c.dim} heads:{c.heads} kv_heads:{c.kv_heads} "
+          f"mlp_mult:{c.mlp_mult} vocab:{c.vocab} seq_len:{c.seq_len} batch_tokens:{c.batch_tokens}")
+    print(f"flops_per_token:{f['total']} matmul:{f['matmul']} (6 x {f['matmul_params']} matmul params) "
+          f"attention:{f['attention']} (12*L*T*d, full TxT; causal half would be {f['attention_causal']})")
+    print(f"data:{data_src or 'random tokens'} tokenizer:{tokenizer}")
+    print(f"machine: {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f} (others may share the cores)")
+
+
+def plan_runs(args, trainer: Path, upstream: Path, use_upstream: bool, work: Path) -> list[Run]:
+    """Our trainer, then upstream's as it is and patched to float32 (when fetched and asked)."""
+    runs = [Run("ours", trainer, args.steps, args.warmup)]
+    if use_upstream:
+        if "as-is" in args.modes:
+            runs.append(Run("upstream_as_is", upstream, args.upstream_steps, 1))
+        if "fp32" in args.modes:
+            runs.append(Run("upstream_fp32", patch_upstream_fp32(upstream, work / "upstream_fp32"),
+                            args.upstream_steps, 1))
+    elif not args.no_upstream:
+        print(f"upstream: {upstream} not found; comparing nothing (fetch it with `just bootstrap`)")
+    return runs
+
+
+def print_table(runs: list[Run], f: dict, c, peak: float) -> None:
+    """One Markdown row per run: tok/s, ms/step, GFLOP/s and its share of the sgemm peak."""
+    want_params = expected_model_params(c)
+    print("\n| run | tok/s | ms/step | GFLOP/s | of sgemm peak | steps timed | note |")
+    print("|---|---|---|---|---|---|---|")
+    for r in runs:
+        if r.tok_s is None:
+            print(f"| {r.name} | - | - | - | - | 0 | FAILED: {r.error[:150]} |")
+            continue
+        gflop_s = f["total"] * r.tok_s / 1e9
+        note = "; ".join(x for x in (r.note, r.error and f"exit: {r.error[:100]}") if x)
+        if r.model_params is not None and r.model_params != want_params:
+            note = "; ".join(x for x in (note, f"model_params {r.model_params} != {want_params}: "
+                                         f"architecture differs, FLOPs formula is approximate") if x)
+        print(f"| {r.name} | {r.tok_s:.1f} | {r.step_ms:.0f} | {gflop_s:.2f} | {gflop_s / peak:.1%} "
+              f"| {r.steps_timed} | {note} |")
+    print()
+
+
+def print_machine_lines(runs: list[Run], f: dict, config: str, peak: float) -> None:
+    """BENCH lines, one per run (GFLOP/s = flops_per_token * tok/s / 1e9), and RATIO lines."""
+    for r in runs:
+        if r.tok_s is not None:
+            gflop_s = f["total"] * r.tok_s / 1e9
+            print(f"BENCH name={r.name} config={config} flops_per_token={f['total']} "
+                  f"tok_s={r.tok_s:.2f} gflop_s={gflop_s:.3f} sgemm_gflop_s={peak:.1f} "
+                  f"peak_ratio={gflop_s / peak:.4f} steps_timed={r.steps_timed} "
+                  f"model_params={r.model_params if r.model_params is not None else '-'}")
+    ours = runs[0]
+    for r in runs[1:]:
+        if ours.tok_s and r.tok_s:
+            print(f"RATIO ours/{r.name}={ours.tok_s / r.tok_s:.2f}")
+
+
+def bench(args, c, f: dict, trainer: Path, upstream: Path, use_upstream: bool, data_src, tokenizer,
+          work: Path) -> int:
+    """The sgemm peak, every run on the same data, the peak again; then the results."""
+    peak_before, blas = sgemm_peak(args.probe_size)
+    print(f"sgemm_probe: {args.probe_size}^3 fp32 {peak_before:.1f} GFLOP/s blas:{blas} "
+          f"load:{os.getloadavg()[0]:.2f}", flush=True)
+    runs = plan_runs(args, trainer, upstream, use_upstream, work)
+    most_steps = max(r.steps + r.warmup for r in runs)
+    data_dir = build_bench_dataset(data_src, work, c, most_steps, seed=1337)
+    flops_step = f["total"] * c.batch_tokens
+    for run in runs:
+        gflops_guess = BF16_CPU_GFLOPS if run.name == "upstream_as_is" else 0.3 * peak_before
+        eta = flops_step * (run.steps + run.warmup) / (gflops_guess * 1e9)
+        env = trainer_env(c, data_dir, tokenizer, work / "logs", run)
+        run_trainer(run, c, env, work, args.timeout, eta)
+    peak_after, _ = sgemm_peak(args.probe_size)
+    peak = max(peak_before, peak_after)
+    print(f"\nsgemm_probe: after the runs {peak_after:.1f} GFLOP/s load:{os.getloadavg()[0]:.2f}; "
+          f"peak used: {peak:.1f} (the best of the two; other users of the cores lower it)")
+    print_table(runs, f, c, peak)
+    print_machine_lines(runs, f, args.config, peak)
+    if args.keep:
+        print(f"kept: {work} (consoles *.console.txt, trainer logs in logs/)")
+    failed = [r for r in runs if r.tok_s is None]
+    for r in failed:
+        print(f"error: {r.name} failed ({r.error}); full console: "
+              f"{r.log_path if args.keep else 'rerun with --keep'}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     c = CONFIGS[args.config]
@@ -346,85 +433,13 @@ def main(argv=None) -> int:
     upstream = Path(args.upstream).resolve()
     use_upstream = not args.no_upstream and upstream.is_file() and args.modes
     data_src, tokenizer = resolve_data(args)
-
-    print(f"config:{args.config} layers:{c.layers} dim:{c.dim} heads:{c.heads} kv_heads:{c.kv_heads} "
-          f"mlp_mult:{c.mlp_mult} vocab:{c.vocab} seq_len:{c.seq_len} batch_tokens:{c.batch_tokens}")
-    print(f"flops_per_token:{f['total']} matmul:{f['matmul']} (6 x {f['matmul_params']} matmul params) "
-          f"attention:{f['attention']} (12*L*T*d, full TxT; causal half would be {f['attention_causal']})")
-    print(f"data:{data_src or 'random tokens'} tokenizer:{tokenizer}")
-    print(f"machine: {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f} (others may share the cores)")
-
+    print_header(args, c, f, data_src, tokenizer)
     work = Path(tempfile.mkdtemp(prefix="bench_trainer_"))
     try:
-        peak_before, blas = sgemm_peak(args.probe_size)
-        print(f"sgemm_probe: {args.probe_size}^3 fp32 {peak_before:.1f} GFLOP/s blas:{blas} "
-              f"load:{os.getloadavg()[0]:.2f}", flush=True)
-
-        runs = [Run("ours", trainer, args.steps, args.warmup)]
-        if use_upstream:
-            if "as-is" in args.modes:
-                runs.append(Run("upstream_as_is", upstream, args.upstream_steps, 1))
-            if "fp32" in args.modes:
-                runs.append(Run("upstream_fp32", patch_upstream_fp32(upstream, work / "upstream_fp32"),
-                                args.upstream_steps, 1))
-        elif not args.no_upstream:
-            print(f"upstream: {upstream} not found; comparing nothing (fetch it with `just bootstrap`)")
-        most_steps = max(r.steps + r.warmup for r in runs)
-        data_dir = build_bench_dataset(data_src, work, c, most_steps, seed=1337)
-
-        flops_step = f["total"] * c.batch_tokens
-        for run in runs:
-            gflops_guess = BF16_CPU_GFLOPS if run.name == "upstream_as_is" else 0.3 * peak_before
-            eta = flops_step * (run.steps + run.warmup) / (gflops_guess * 1e9)
-            env = trainer_env(c, data_dir, tokenizer, work / "logs", run)
-            run_trainer(run, c, env, work, args.timeout, eta)
-
-        peak_after, _ = sgemm_peak(args.probe_size)
-        peak = max(peak_before, peak_after)
-        print(f"\nsgemm_probe: after the runs {peak_after:.1f} GFLOP/s load:{os.getloadavg()[0]:.2f}; "
-              f"peak used: {peak:.1f} (the best of the two; other users of the cores lower it)")
-
-        want_params = expected_model_params(c)
-        print("\n| run | tok/s | ms/step | GFLOP/s | of sgemm peak | steps timed | note |")
-        print("|---|---|---|---|---|---|---|")
-        for r in runs:
-            if r.tok_s is None:
-                print(f"| {r.name} | - | - | - | - | 0 | FAILED: {r.error[:150]} |")
-                continue
-            gflop_s = f["total"] * r.tok_s / 1e9
-            note = "; ".join(x for x in (r.note, r.error and f"exit: {r.error[:100]}") if x)
-            if r.model_params is not None and r.model_params != want_params:
-                note = "; ".join(x for x in (note, f"model_params {r.model_params} != {want_params}: "
-                                             f"architecture differs, FLOPs formula is approximate") if x)
-            print(f"| {r.name} | {r.tok_s:.1f} | {r.step_ms:.0f} | {gflop_s:.2f} | {gflop_s / peak:.1%} "
-                  f"| {r.steps_timed} | {note} |")
-        print()
-        # machine-readable lines, one per run (GFLOP/s = flops_per_token * tok/s / 1e9)
-        for r in runs:
-            if r.tok_s is not None:
-                gflop_s = f["total"] * r.tok_s / 1e9
-                print(f"BENCH name={r.name} config={args.config} flops_per_token={f['total']} "
-                      f"tok_s={r.tok_s:.2f} gflop_s={gflop_s:.3f} sgemm_gflop_s={peak:.1f} "
-                      f"peak_ratio={gflop_s / peak:.4f} steps_timed={r.steps_timed} "
-                      f"model_params={r.model_params if r.model_params is not None else '-'}")
-        ours = runs[0]
-        for r in runs[1:]:
-            if ours.tok_s and r.tok_s:
-                print(f"RATIO ours/{r.name}={ours.tok_s / r.tok_s:.2f}")
-        if args.keep:
-            print(f"kept: {work} (consoles *.console.txt, trainer logs in logs/)")
-        failed = [r.name for r in runs if r.tok_s is None]
-        if failed:
-            for r in runs:
-                if r.tok_s is None:
-                    print(f"error: {r.name} failed ({r.error}); full console: "
-                          f"{r.log_path if args.keep else 'rerun with --keep'}", file=sys.stderr)
-            return 1
-        return 0
+        return bench(args, c, f, trainer, upstream, use_upstream, data_src, tokenizer, work)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain script
 
-from autogolf import logparse, metrics  # noqa: E402
+from autogolf.measure import logparse, metrics  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,8 @@ if ! bash scripts/setup-agent.sh; then
   echo "run-tests: warning: the agent could not be installed; the tests that need pi will skip" >&2
 fi
 status=0
-.venv/bin/python -m pytest "$@" || status=$?
+# --durations=25: every run of the whole suite says where its time goes
+.venv/bin/python -m pytest --durations=25 "$@" || status=$?
 if [ "$status" -eq 5 ]; then
   echo "run-tests: pytest collected no tests; treating that as a failure" >&2
   exit 1

@@ -61,14 +61,14 @@ fi
 
 # --- an optimized BLAS for MLX on Linux CPU ----------------------------------------------
 if [ "$backend" = cpu ] && [ "$os" = Linux ]; then
-  if [ -z "$(.venv/bin/python -m autogolf.blas --print-preload)" ] && [ "$(id -u)" = 0 ] \
+  if [ -z "$(.venv/bin/python -m autogolf.run.blas --print-preload)" ] && [ "$(id -u)" = 0 ] \
       && command -v apt-get >/dev/null 2>&1; then
     # No MKL wheel for this architecture: Debian's OpenBLAS does the same job.
     say "installing OpenBLAS with apt-get"
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas0-pthread) >/dev/null
   fi
   # Prints the measured GFLOP/s; exits non-zero with a loud warning on a slow BLAS.
-  .venv/bin/python -m autogolf.blas || say "continuing without an optimized BLAS (see the warning above)"
+  .venv/bin/python -m autogolf.run.blas || say "continuing without an optimized BLAS (see the warning above)"
 fi
 say "ready: .venv ($(.venv/bin/python -c 'import mlx.core as mx; print("mlx", mx.__version__)'))"
 command -v tmux >/dev/null 2>&1 || say "note: tmux is not installed; only the agent-loop recipes that run in tmux need it"

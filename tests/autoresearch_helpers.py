@@ -34,8 +34,8 @@ def make_tiny_dataset(root: Path, corpus: Corpus) -> tuple[Path, Path]:
     and root/tokenizers/tiny_1024_bpe.model. Returns (dataset_dir, tokenizer_path)."""
     import sentencepiece as spm
 
-    from autogolf.cache import write_manifest
-    from autogolf.shards import write_shard
+    from autogolf.data.cache import write_manifest
+    from autogolf.data.shards import write_shard
 
     tokenizer = root / "tokenizers" / "tiny_1024_bpe.model"
     tokenizer.parent.mkdir(parents=True, exist_ok=True)
@@ -115,7 +115,7 @@ def summary_line(stdout: str) -> str:
 
 
 def ledger_rows(project: Path) -> list[dict]:
-    from autogolf import ledger
+    from autogolf.judge import ledger
 
     rows, skipped = ledger.read(project / "logs" / "runs.jsonl")
     assert skipped == 0
@@ -135,7 +135,7 @@ def wait_for(predicate, seconds: float, what: str):
 def make_synth_dataset(root: Path) -> tuple[Path, Path]:
     """A small offline-default cache (project-made data and tokenizer: no fixtures needed).
     Returns (dataset_dir, tokenizer_path)."""
-    from autogolf.synth import build_synth
+    from autogolf.data.synth import build_synth
 
     manifest, _ = build_synth(root, val_docs=120, train_docs=1200, shard_tokens=300_000,
                               tokenizer_train_docs=400)

@@ -58,8 +58,8 @@ def make_standin_corpus(root: Path) -> Corpus:
     """STANDIN_DOCS documents of the offline default corpus and a 1024-piece tokenizer
     trained on them with upstream's options: what a clone makes without any download
     (about a second)."""
-    from autogolf.corpus import clean_text, train_tokenizer
-    from autogolf.synth import generate_documents
+    from autogolf.data.corpus import clean_text, train_tokenizer
+    from autogolf.data.synth import generate_documents
 
     parts = list(generate_documents(0, STANDIN_DOCS * STANDIN_PARTS))
     docs = ["\n".join(parts[i:i + STANDIN_PARTS]) for i in range(0, len(parts), STANDIN_PARTS)]
@@ -76,6 +76,97 @@ def corpus(tmp_path_factory) -> Corpus:
     if have_fixtures():
         return Corpus(REAL_TOKENIZER, REAL_DOCS, real=True)
     return make_standin_corpus(tmp_path_factory.mktemp("standin_corpus"))
+
+
+# --------------------------------------------------------------------------- benchmark runs
+# Shared by every module that runs `bash autoresearch.sh` in a throw-away project copy
+# (tests/autoresearch_helpers.py builds them; imported late: that module imports this one).
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory, corpus) -> tuple[Path, Path]:
+    """A tiny real cache (dataset_dir, tokenizer), built once per session."""
+    from autoresearch_helpers import make_tiny_dataset
+
+    if not (REPO / "benchmark" / "train_gpt_mlx.py").is_file():
+        pytest.skip("benchmark/train_gpt_mlx.py is not there yet")
+    return make_tiny_dataset(tmp_path_factory.mktemp("data"), corpus)
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    """A fresh throw-away git project with this checkout's harness files."""
+    from autoresearch_helpers import make_project
+
+    return make_project(tmp_path / "project")
+
+
+@pytest.fixture
+def env(tiny_data, tmp_path) -> dict:
+    """The environment of a smoke run on tiny_data, with its own machine lock."""
+    from autoresearch_helpers import bench_env
+
+    dataset, tokenizer = tiny_data
+    return bench_env(dataset, tokenizer, tmp_path / "machine.lock")
+
+
+# --------------------------------------------------------------------------- the two tiers
+# Tests that start the trainer, the harness (bash autoresearch.sh), tmux, pi or npm are
+# marked `integration`, here and nowhere else; the rest is the fast tier (`just test-fast`,
+# pytest -m "not integration"). A test is integration when its module is listed below, or
+# when its own code, a fixture it uses, or a test helper either calls reaches one of the
+# helpers that start such a process.
+INTEGRATION_MODULES = {
+    "test_autoresearch", "test_distributed", "test_integrity", "test_checks", "test_sizing_runs",  # the harness
+    "test_trainer", "test_backends", "test_bench_trainer",  # the trainer
+    "test_supervisor", "test_agent_e2e", "test_agent_launch", "test_agent_install",  # tmux, pi, npm
+    "test_shell_scripts",  # runs every shell script, tmux's included
+    "test_bootstrap",  # git, upstream's downloader and a stand-in data host, end to end
+}
+PROCESS_HELPERS = {"run_bench", "run_trainer", "import_trainer", "tmux", "loop"}
+
+
+def _code_names(code) -> set[str]:
+    """The global names a function's code (and the code nested in it) refers to."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if hasattr(const, "co_names"):
+            names |= _code_names(const)
+    return names
+
+
+def _reaches_a_process(func, seen: set) -> bool:
+    """True when `func`, or a test-suite function it calls by name, uses PROCESS_HELPERS."""
+    func = getattr(func, "__wrapped__", func)
+    code = getattr(func, "__code__", None)
+    if code is None or code in seen:
+        return False
+    seen.add(code)
+    names = _code_names(code)
+    if names & PROCESS_HELPERS:
+        return True
+    tests_dir = str(Path(__file__).parent)
+    for name in names:
+        callee = getattr(func, "__globals__", {}).get(name)
+        if callable(callee) and str(getattr(getattr(callee, "__code__", None), "co_filename", "")).startswith(tests_dir):
+            if _reaches_a_process(callee, seen):
+                return True
+    return False
+
+
+def _is_integration(item) -> bool:
+    if Path(str(item.fspath)).stem in INTEGRATION_MODULES:
+        return True
+    seen: set = set()
+    funcs = [item.function] if hasattr(item, "function") else []
+    for defs in getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {}).values():
+        funcs += [d.func for d in defs]
+    return any(_reaches_a_process(f, seen) for f in funcs)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if _is_integration(item):
+            item.add_marker(pytest.mark.integration)
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

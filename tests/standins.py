@@ -28,7 +28,7 @@ from urllib.parse import unquote
 
 import numpy as np
 
-from autogolf.shards import write_shard
+from autogolf.data.shards import write_shard
 
 REPO_ID = "willdepueoai/parameter-golf"
 REMOTE_ROOT = "datasets"
@@ -133,7 +133,7 @@ def make_upstream_repo(root: Path, downloader: str = STANDIN_DOWNLOADER) -> tupl
 # --------------------------------------------------------------------------- data
 
 def shard_bytes(tokens: np.ndarray) -> bytes:
-    """The exact bytes autogolf.shards.write_shard writes (so our writer defines the format)."""
+    """The exact bytes autogolf.data.shards.write_shard writes (so our writer defines the format)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "fineweb_val_000000.bin"
         write_shard(path, np.asarray(tokens, dtype=np.uint16))

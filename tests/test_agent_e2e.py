@@ -21,10 +21,10 @@ import pytest
 from agent_helpers import (PI_INSTALLED, PI_MISSING_REASON, clean_env, events, kill_tmux_server, loop,
                            scripted_provider, status)
 from autoresearch_helpers import git, make_project, make_tiny_dataset, wait_for
-from autogolf import ledger
+from autogolf.judge import ledger
 from conftest import REPO
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not PI_INSTALLED, reason=PI_MISSING_REASON)]
+pytestmark = [pytest.mark.skipif(not PI_INSTALLED, reason=PI_MISSING_REASON)]
 
 SMOKE = "PROFILE=smoke bash autoresearch.sh"
 SCRIPT = [

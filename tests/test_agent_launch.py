@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from agent_helpers import PI_INSTALLED, PI_MISSING_REASON, clean_env, scripted_provider
-from autoresearch_helpers import make_project
 
 
 def launch(project: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
@@ -26,11 +25,6 @@ def old_node_first(tmp_path: Path, env: dict) -> dict:
     (bin_dir / "node").write_text("#!/bin/sh\necho v20.11.0\n")
     (bin_dir / "node").chmod(0o755)
     return dict(env, PATH=f"{bin_dir}:/usr/bin:/bin")
-
-
-@pytest.fixture
-def project(tmp_path):
-    return make_project(tmp_path / "project")
 
 
 def test_a_fresh_checkout_names_every_missing_prerequisite(tmp_path, project):

@@ -17,10 +17,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from autoresearch_helpers import (summary_line, METRIC_RE, bench_env, git, ledger_rows, make_project,
-                                  make_tiny_dataset, metric_lines, run_bench, wait_for)
+from autoresearch_helpers import summary_line, METRIC_RE, git, ledger_rows, metric_lines, run_bench, wait_for
 from backends import this_backend
-from autogolf.runlock import RunLock, lock_is_free
+from autogolf.run.runlock import RunLock, lock_is_free
 from conftest import REPO
 
 REQUIRED_METRICS = {"val_bpb", "total_bytes", "artifact_headroom_bytes", "artifact_cap_used_pct",
@@ -28,24 +27,6 @@ REQUIRED_METRICS = {"val_bpb", "total_bytes", "artifact_headroom_bytes", "artifa
                     "train_tokens_consumed", "train_shards_touched_est",
                     "train_shard_coverage_pct", "harness_overhead_pct"}
 TRAINER_NAME = "train_gpt_mlx.py"
-
-
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory, corpus):
-    if not (REPO / "benchmark" / TRAINER_NAME).is_file():
-        pytest.skip("benchmark/train_gpt_mlx.py is not there yet")
-    return make_tiny_dataset(tmp_path_factory.mktemp("data"), corpus)
-
-
-@pytest.fixture
-def project(tmp_path):
-    return make_project(tmp_path / "project")
-
-
-@pytest.fixture
-def env(tiny_data, tmp_path):
-    dataset, tokenizer = tiny_data
-    return bench_env(dataset, tokenizer, tmp_path / "machine.lock")
 
 
 class TrainerWatch:
@@ -63,7 +44,7 @@ class TrainerWatch:
         for p in psutil.process_iter(["cmdline", "status"]):
             cmd = p.info["cmdline"] or []
             # the trainer is the only process started as `python <marker>/...py` (the harness's
-            # scorer, `python -m autogolf.verify.score --trainer <marker>/...py`, is not one)
+            # scorer, `python -m autogolf.measure.score --trainer <marker>/...py`, is not one)
             if p.info["status"] != psutil.STATUS_ZOMBIE and \
                     any(c.startswith(self.marker) and c.endswith(".py") for c in cmd[1:2]):
                 found.append(p)
@@ -166,7 +147,7 @@ def test_smoke_run(project, env, tmp_path):
 
 
 def test_profiles_are_documented_data():
-    from autogolf import profiles
+    from autogolf.run import profiles
 
     loaded = {n: profiles.load(n, environ={}) for n in ("breadth", "confirm", "full", "smoke")}
     for profile in loaded.values():

@@ -74,7 +74,6 @@ def test_bench_rejects_missing_trainer(tmp_path):
     assert "nope.py not found" in proc.stderr
 
 
-@pytest.mark.slow
 def test_bench_side_by_side_with_upstream_tiny(corpus):
     if not UPSTREAM.is_file():
         pytest.skip(f"upstream trainer not fetched at {UPSTREAM}")

@@ -8,12 +8,12 @@ import sys
 
 import pytest
 
-from autogolf import blas
+from autogolf.run import blas
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="the BLAS preload is a Linux CPU concern")
 
-CHILD = ("from autogolf.blas import loaded_blas, sgemm_gflops; "
+CHILD = ("from autogolf.run.blas import loaded_blas, sgemm_gflops; "
          "print(loaded_blas(), round(sgemm_gflops(256, 2), 1))")
 
 
@@ -52,7 +52,7 @@ def test_disabled_preload_runs_the_reference_blas_and_the_check_warns():
     assert "LD_PRELOAD" not in blas.preload_env(env)
     name, _ = run_child(env)
     assert name == "reference"
-    check = subprocess.run([sys.executable, "-m", "autogolf.blas", "--size", "256"], env=env,
+    check = subprocess.run([sys.executable, "-m", "autogolf.run.blas", "--size", "256"], env=env,
                            capture_output=True, text=True)
     assert check.returncode == 1
     assert "WARNING: MLX is using a slow BLAS" in check.stderr

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autogolf import cache
-from autogolf.shards import list_shards, validate_shard
+from autogolf.data import cache
+from autogolf.data.shards import list_shards, validate_shard
 from conftest import REPO
 from standins import DATASET, REMOTE_ROOT, REPO_ID, FakeHub, make_hub_files, make_upstream_repo, shard_bytes
 
@@ -44,7 +44,7 @@ def upstream(tmp_path):
 
 
 def bootstrap_cmd(tmp: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "autogolf.bootstrap", "--upstream-dir",
+    return [sys.executable, "-m", "autogolf.data.bootstrap", "--upstream-dir",
             str(tmp / "up" / "parameter-golf"), "--data-root", str(tmp / "data"), *args]
 
 
@@ -96,7 +96,7 @@ def assert_fineweb_cache(tmp: Path, hub: FakeHub, files: dict[str, bytes], train
 
 
 def test_help_names_every_flag():
-    out = subprocess.run([sys.executable, "-m", "autogolf.bootstrap", "--help"], cwd=REPO,
+    out = subprocess.run([sys.executable, "-m", "autogolf.data.bootstrap", "--help"], cwd=REPO,
                          capture_output=True, text=True, check=True).stdout
     for flag in ("--train-shards", "--upstream-url", "--upstream-commit", "--upstream-dir",
                  "--data-root", "--offline"):

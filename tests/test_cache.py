@@ -11,10 +11,11 @@ import sys
 import numpy as np
 import pytest
 
-from autogolf.cache import (FINEWEB_DATASET, MANIFEST_NAME, SYNTH_DATASET, CacheError, file_sha256,
+from autogolf.data.cache import (FINEWEB_DATASET, MANIFEST_NAME, SYNTH_DATASET, CacheError,
                             read_manifest, resolve_dataset, verify_cache, write_manifest)
-from autogolf.corpus import build_cache, iter_documents
-from autogolf.shards import HEADER_BYTES, list_shards, read_tokens, write_shard
+from autogolf.fsutil import file_sha256
+from autogolf.data.corpus import build_cache, iter_documents
+from autogolf.data.shards import HEADER_BYTES, list_shards, read_tokens, write_shard
 from conftest import REPO
 
 SHARD_TOKENS = 150_000
@@ -189,7 +190,7 @@ def test_tokenizer_found_after_the_repo_moves(data_root):
 
 
 def _cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "autogolf.cache", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "autogolf.data.cache_cli", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=120, env=env)
 
 

@@ -7,7 +7,8 @@ import socket
 
 import pytest
 
-from autogolf.research import budget, calibrate
+from autogolf.lab import calibrate
+from autogolf.run import budget
 
 
 def test_spearman_against_known_values():
@@ -42,7 +43,7 @@ def test_the_choice_is_written_to_the_machine_file_runs_read(tmp_path):
     data = json.loads(path.read_text())
     assert data["profiles"]["breadth"] == {"TRAIN_BUDGET_TOKENS": 65536}
     assert data["host"] == socket.gethostname() and data["findings"]["breadth"]["chosen"] == 65536
-    from autogolf import profiles
+    from autogolf.run import profiles
 
     profile = profiles.load("breadth", environ={})
     got = budget.apply(profile, {}, tmp_path)

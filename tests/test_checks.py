@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from autoresearch_helpers import bench_env, make_project, make_tiny_dataset, run_bench
-from autogolf import checks, ledger
+from autogolf.judge import checks, ledger
 from conftest import REPO
 
 
@@ -65,7 +65,7 @@ def test_clean_run_passes(project):
     manifest = json.loads((project / "logs" / "protected.json").read_text())
     names = set(manifest["files"])
     assert {"autoresearch.sh", "autoresearch.checks.sh", "README.md", "Justfile",
-            "autogolf/profiles.toml", "scripts/extract_parameter_golf_metrics.py",
+            "autogolf/run/profiles.toml", "scripts/extract_parameter_golf_metrics.py",
             "data/datasets/tiny_sp1024/fineweb_val_000000.bin",
             "data/tokenizers/tiny_1024_bpe.model",
             ".upstream/parameter-golf/train_gpt_mlx.py"} <= names
@@ -132,11 +132,13 @@ PROTECTED_EDITS = {
     "autoresearch_sh": ("autoresearch.sh", "append"),
     "checks_sh": ("autoresearch.checks.sh", "append"),
     "scripts": ("scripts/extract_parameter_golf_metrics.py", "append"),
-    "harness_module": ("autogolf/metrics.py", "append"),
-    "profiles": ("autogolf/profiles.toml", "append"),
+    "harness_module": ("autogolf/measure/metrics.py", "append"),
+    "profiles": ("autogolf/run/profiles.toml", "append"),
     "readme": ("README.md", "append"),
     "justfile": ("Justfile", "append"),
-    "deleted": ("autogolf/logparse.py", "delete"),
+    # a module the checks themselves do not import: deleting one they import stops them
+    # before they can name it (the old flat layout hid that behind the editable install)
+    "deleted": ("autogolf/lab/report.py", "delete"),
     "new_script": ("scripts/helper.py", "create"),
     "new_val_shard": ("data/datasets/tiny_sp1024/fineweb_val_000001.bin", "create"),
 }
@@ -172,7 +174,7 @@ def test_deleted_manifest_is_not_silently_re_recorded(project):
     (project / "logs" / "protected.json").unlink()
     assert_fails(project, "protected.json is missing", "it was deleted")
     # a deliberate re-baseline works
-    subprocess.run([".venv/bin/python", "-m", "autogolf.checks", "--protect"], cwd=project, check=True,
+    subprocess.run([".venv/bin/python", "-m", "autogolf.judge.checks", "--protect"], cwd=project, check=True,
                    capture_output=True)
     assert run_checks(project).returncode == 0
 

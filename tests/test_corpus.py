@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 import sentencepiece as spm
 
-from autogolf.cache import CacheError, read_manifest, verify_cache
-from autogolf.corpus import build_cache, iter_documents, train_tokenizer
-from autogolf.shards import list_shards, read_tokens
+from autogolf.data.cache import CacheError, read_manifest, verify_cache
+from autogolf.data.corpus import build_cache, iter_documents, train_tokenizer
+from autogolf.data.shards import list_shards, read_tokens
 from conftest import REPO
 
 VAL_DOCS = 20
@@ -37,7 +37,7 @@ def expected(docs, corpus) -> dict[str, np.ndarray]:
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "autogolf.corpus", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "autogolf.data.corpus", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -180,7 +180,7 @@ def test_training_a_tokenizer_from_the_docs(tmp_path, docs, corpus):
 
 _MEASURE_PEAK = """
 import resource, sys
-from autogolf.corpus import iter_documents
+from autogolf.data.corpus import iter_documents
 import pyarrow.parquet  # imported before the baseline is taken
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 chars = sum(len(doc) for doc in iter_documents(sys.argv[1]))

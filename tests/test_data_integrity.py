@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from autoresearch_helpers import summary_line, bench_env, ledger_rows, make_project, make_synth_dataset, run_bench
-from autogolf.cache import CacheError
-from autogolf.shards import read_tokens, write_shard
-from autogolf.verify import dataview, shardstate
+from autogolf.data.cache import CacheError
+from autogolf.data.shards import read_tokens, write_shard
+from autogolf.data import dataview, shardstate
 from conftest import REPO
 
 
@@ -85,7 +85,7 @@ def test_verify_data_reports_each_shard(data):
     dataset, tokenizer = data
     flip_byte(dataset / "fineweb_train_000001.bin")
     (dataset / "fineweb_train_000003.bin").unlink()
-    done = subprocess.run([sys.executable, "-m", "autogolf.cache", "verify", "--data-root", str(dataset.parent.parent),
+    done = subprocess.run([sys.executable, "-m", "autogolf.data.cache_cli", "verify", "--data-root", str(dataset.parent.parent),
                            "--dataset", dataset.name], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 1
     states = {line.split()[0]: line.split()[1] for line in done.stdout.splitlines()}
@@ -150,7 +150,7 @@ def test_trainer_cannot_open_the_holdout_through_its_view(data, tmp_path):
     val = read_tokens(dataset / "fineweb_val_000000.bin")
     write_shard(dataset / "fineweb_val_000001.bin", val[-5000:])  # a second val shard: all holdout
     write_shard(dataset / "fineweb_val_000000.bin", val[:-5000])
-    from autogolf.cache import write_manifest
+    from autogolf.data.cache import write_manifest
     write_manifest(dataset, tokenizer, source="tests", is_fineweb=False)
     project = make_project(tmp_path / "project")
     snoop = (  # (the harness's scorer imports the trainer too, without DATA_PATH)

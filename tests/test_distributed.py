@@ -15,9 +15,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from autoresearch_helpers import summary_line, bench_env, ledger_rows, make_project, make_tiny_dataset, metric_lines, run_bench
-from autogolf import distributed
-from autogolf.runlock import lock_is_free
+from autoresearch_helpers import summary_line, ledger_rows, metric_lines, run_bench
+from autogolf.run import distributed
+from autogolf.run.runlock import lock_is_free
 from conftest import REPO
 
 PYTHON = str(REPO / ".venv" / "bin" / "python")
@@ -26,20 +26,10 @@ FINAL_EXACT = re.compile(r"^final_int8_zlib_roundtrip_exact val_loss:(\S+) val_b
 LOOPBACK_HOSTFILE = [{"ssh": "127.0.0.1", "ips": ["127.0.0.1"]}, {"ssh": "127.0.0.1", "ips": ["127.0.0.1"]}]
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory, corpus):
-    return make_tiny_dataset(tmp_path_factory.mktemp("data"), corpus)
-
-
 @pytest.fixture
-def project(tmp_path):
-    return make_project(tmp_path / "project")
-
-
-@pytest.fixture
-def env(tiny_data, tmp_path):
-    dataset, tokenizer = tiny_data
-    return bench_env(dataset, tokenizer, tmp_path / "machine.lock", ITERATIONS="2")
+def env(env):
+    """conftest's smoke environment, with two steps: enough to compare the ranks."""
+    return dict(env, ITERATIONS="2")
 
 
 # --------------------------------------------------------------------------- settings
@@ -74,7 +64,7 @@ def test_ranks_over_ssh_get_the_settings_from_mlx_launch(tmp_path):
                                       {"ITERATIONS": "36", "RUN_ID": "a b"})
     assert cmd[cmd.index("--hostfile") + 1] == str(hostfile.resolve())
     assert [cmd[i + 1] for i, c in enumerate(cmd) if c == "--env"] == ["ITERATIONS=36", "RUN_ID=a b"]
-    assert cmd[cmd.index("--") + 1:] == [PYTHON, "-m", "autogolf.distributed", "rank",
+    assert cmd[cmd.index("--") + 1:] == [PYTHON, "-m", "autogolf.run.distributed", "rank",
                                          str(REPO / "benchmark" / "train_gpt_mlx.py")]
 
 

@@ -1,5 +1,5 @@
 """The harness vouches for the number: every run's artifact is scored again by the harness's
-own code in its own process (autogolf/verify/score.py). Each tamper below is a real run of a
+own code in its own process (autogolf/measure/score.py). Each tamper below is a real run of a
 modified trainer, and each is caught with a one-line reason; the untampered run agrees to
 the tolerance. On the real FineWeb fixtures with the real tokenizer, and on project-made
 data so a fresh clone tests it too."""
@@ -10,7 +10,7 @@ import pytest
 
 from autoresearch_helpers import (summary_line, bench_env, ledger_rows, make_project, make_synth_dataset,
                                   make_tiny_dataset, metric_lines, run_bench)
-from autogolf.verify.score import TOLERANCE_BPB
+from autogolf.measure.score import TOLERANCE_BPB
 from conftest import require_fixtures
 
 TRAINER = "benchmark/train_gpt_mlx.py"

@@ -9,12 +9,12 @@ import subprocess
 import sys
 import textwrap
 
-from autogolf import ledger
+from autogolf.judge import ledger
 from conftest import REPO
 
 WRITER = textwrap.dedent("""
     import sys
-    from autogolf import ledger
+    from autogolf.judge import ledger
     path, who = sys.argv[1], sys.argv[2]
     for i in range(40):
         # ~100 KB rows: far larger than a pipe buffer, so torn writes would show
@@ -46,7 +46,7 @@ def test_reader_skips_corrupt_and_partial_lines(tmp_path):
     rows, skipped = ledger.read(path)
     assert [r["run_id"] for r in rows] == ["a", "b"]  # b was not glued onto the torn line
     assert skipped == 4
-    out = subprocess.run([sys.executable, "-m", "autogolf.ledger", "--path", str(path)],
+    out = subprocess.run([sys.executable, "-m", "autogolf.judge.ledger", "--path", str(path)],
                          cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0
     assert "skipped 4 corrupt" in out.stderr
@@ -68,7 +68,7 @@ def test_table_marks_new_bests_per_profile_and_dataset(tmp_path):
                        "metrics": metrics, "wall_seconds": 12.5}, path)
     rows, _ = ledger.read(path)
     assert ledger.best_markers(rows) == [True, False, False, True, True, False]
-    out = subprocess.run([sys.executable, "-m", "autogolf.ledger", "--path", str(path), "--last", "3"],
+    out = subprocess.run([sys.executable, "-m", "autogolf.judge.ledger", "--path", str(path), "--last", "3"],
                          cwd=REPO, capture_output=True, text=True, check=True).stdout
     lines = [l for l in out.splitlines() if re.match(r"r\d ", l)]
     assert [l.split()[0] for l in lines] == ["r4", "r5", "r6"]
@@ -122,12 +122,12 @@ def test_fold_merges_start_result_and_checks_lines(tmp_path):
 def test_a_start_whose_harness_died_is_reconciled_as_lost_once(tmp_path):
     path = tmp_path / "runs.jsonl"
     child = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
-        from autogolf import ledger
+        from autogolf.judge import ledger
         ledger.append_start("dead", {str(path)!r}, profile="breadth")
     """)], cwd=REPO, check=True)
     assert child.returncode == 0  # that harness is gone now
     assert [r["status"] for r in ledger.runs(path)] == ["lost"]
-    out = subprocess.run([sys.executable, "-m", "autogolf.ledger", "--path", str(path)],
+    out = subprocess.run([sys.executable, "-m", "autogolf.judge.ledger", "--path", str(path)],
                          cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0 and "run dead recorded as lost" in out.stderr
     assert "lost" in out.stdout

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from autogolf import logparse
+from autogolf.measure import logparse
 from conftest import REAL_LOGS, require_real_logs
 
 M3_LOG = REAL_LOGS / "mlx_m3air_baseline_200steps.log"

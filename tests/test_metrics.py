@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from autogolf import logparse, metrics
-from autogolf.shards import write_shard
+from autogolf.measure import logparse, metrics
+from autogolf.data.shards import write_shard
 from conftest import REAL_LOGS, require_real_logs, REPO
 
 M3_LOG = REAL_LOGS / "mlx_m3air_baseline_200steps.log"

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from autogolf import profiles
-from autogolf.research.verdict import comparable_settings
+from autogolf.run import profiles
+from autogolf.judge.verdict import comparable_settings
 from conftest import REPO
 
 TRAINER = REPO / "benchmark" / "train_gpt_mlx.py"

@@ -1,13 +1,13 @@
-"""`just report` (autogolf/research/report.py) on a ledger written with the ledger's own
+"""`just report` (autogolf/lab/report.py) on a ledger written with the ledger's own
 writer, with "kept" decided by a real git history."""
 
 from __future__ import annotations
 
 import struct
 
-from autogolf import ledger
-from autogolf.ledger import file_sha256
-from autogolf.research import report
+from autogolf.judge import ledger
+from autogolf.fsutil import file_sha256
+from autogolf.lab import report
 from test_verdict import _git, trainer_repo
 
 

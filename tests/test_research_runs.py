@@ -11,9 +11,8 @@ import subprocess
 import pytest
 
 from autoresearch_helpers import git, ledger_rows, metric_lines, run_bench
-from test_autoresearch import env, project, tiny_data  # noqa: F401 (fixtures)
-from autogolf import profiles
-from autogolf.research import budget
+from autogolf.run import profiles
+from autogolf.run import budget
 
 
 def run_checks(project) -> None:

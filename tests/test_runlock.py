@@ -12,12 +12,12 @@ import time
 import psutil
 import pytest
 
-from autogolf.runlock import LockTimeout, RunLock, lock_is_free
+from autogolf.run.runlock import LockTimeout, RunLock, lock_is_free
 from conftest import REPO
 
 HOLDER = textwrap.dedent("""
     import subprocess, sys, time
-    from autogolf.runlock import RunLock
+    from autogolf.run.runlock import RunLock
     lock = RunLock(run_id=sys.argv[2], path=sys.argv[1], wait_seconds=5).acquire()
     if len(sys.argv) > 3:  # start a 'trainer' that inherits the lock, as run.py does
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autogolf.cache import MANIFEST_NAME, CacheError, compute_fingerprint, verify_cache, write_manifest
-from autogolf.shards import (HEADER_BYTES, MAGIC, ShardError, list_shards, read_header, read_tokens,
+from autogolf.data.cache import MANIFEST_NAME, CacheError, compute_fingerprint, verify_cache, write_manifest
+from autogolf.data.shards import (HEADER_BYTES, MAGIC, ShardError, list_shards, read_header, read_tokens,
                              remove_partials, validate_shard, write_shard)
 from conftest import REPO
 
@@ -110,7 +110,7 @@ def test_empty_validation_split_is_caught(tmp_path, corpus):
 _SLOW_WRITER = """
 import sys
 import numpy as np
-from autogolf.shards import write_shard
+from autogolf.data.shards import write_shard
 tokens = np.ones(int(sys.argv[2]), dtype=np.uint16)
 print("writing", flush=True)
 write_shard(sys.argv[1], tokens)
@@ -155,14 +155,14 @@ def test_killed_writer_leaves_no_valid_looking_file(tmp_path):
 
 
 def test_killed_corpus_import_leaves_no_cache_and_rerun_cleans_up(tmp_path, corpus):
-    """SIGKILL `python -m autogolf.corpus` after it has written shards: no dataset appears
+    """SIGKILL `python -m autogolf.data.corpus` after it has written shards: no dataset appears
     under its final name (nothing that verifies), and a re-run succeeds and removes the
     dead build folder."""
     lines = corpus.docs.read_text(encoding="utf-8").splitlines()
     src = tmp_path / "docs.jsonl"
     src.write_text("\n".join(lines * 6) + "\n", encoding="utf-8")  # ~9 MB, a few seconds to import
     data_root = tmp_path / "data"
-    cmd = [sys.executable, "-m", "autogolf.corpus", str(src), "--name", "killed", "--data-root",
+    cmd = [sys.executable, "-m", "autogolf.data.corpus", str(src), "--name", "killed", "--data-root",
            str(data_root), "--tokenizer", str(corpus.tokenizer), "--shard-tokens", "20000"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -1,4 +1,4 @@
-"""Sizing breadth to the machine (autogolf/research/sizing.py): the probe's arithmetic, the
+"""Sizing breadth to the machine (autogolf/run/sizing.py): the probe's arithmetic, the
 ladder choice, the timeout and its margin, the record in logs/machine.json and its
 precedence, the projection, and the new-baseline rule. Pure logic and files: no trainer."""
 
@@ -9,8 +9,8 @@ import socket
 
 import pytest
 
-from autogolf import profiles
-from autogolf.research import budget, sizing, verdict
+from autogolf.judge import verdict
+from autogolf.run import budget, profiles, sizing
 
 RULES = sizing.Rules(ladder=(36864, 73728, 147456, 294912), target_train_seconds=240.0,
                      timeout_margin=2.0, min_timeout_seconds=120.0)

@@ -10,7 +10,6 @@ import re
 import subprocess
 
 from autoresearch_helpers import git, ledger_rows, run_bench, summary_line
-from test_autoresearch import env, project, tiny_data  # noqa: F401 (fixtures)
 
 # A tiny model (the variables are the trainer's, not breadth's, so they are no override)
 TINY = {"NUM_LAYERS": "2", "MODEL_DIM": "64", "NUM_HEADS": "2", "NUM_KV_HEADS": "1",
@@ -82,13 +81,13 @@ def test_the_first_breadth_run_sizes_the_machine_and_later_runs_follow_it(projec
                             capture_output=True, text=True, timeout=60).stdout
     assert f"changed from {old:,} tokens to {new:,} tokens" in status, status
     assert f"sizing   breadth: {new:,} tokens" in status
-    report = subprocess.run([".venv/bin/python", "-m", "autogolf.research.report"], cwd=project, env=env,
+    report = subprocess.run([".venv/bin/python", "-m", "autogolf.lab.report"], cwd=project, env=env,
                             capture_output=True, text=True, timeout=120).stdout
     assert f"budget change: breadth from {old:,} tokens to {new:,} tokens" in report, report
 
 
 def test_a_slower_machine_gets_a_smaller_budget_and_a_slow_run_is_warned(project, env):
-    quick = [".venv/bin/python", "-m", "autogolf.research.calibrate", "--quick"]
+    quick = [".venv/bin/python", "-m", "autogolf.lab.calibrate", "--quick"]
     cal_env = breadth_env(env, AUTOGOLF_SIZING_TARGET="20")
     out = subprocess.run(quick, cwd=project, env=cal_env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]

@@ -1,9 +1,10 @@
-"""Bounded storage (autogolf/storage.py): the last few runs, every improving run and the best
+"""Bounded storage (autogolf/run/storage.py): the last few runs, every improving run and the best
 keep their artifacts; the rest are deleted; the ledger keeps every run."""
 
 from __future__ import annotations
 
-from autogolf import ledger, storage
+from autogolf.judge import ledger
+from autogolf.run import storage
 
 
 def _run(path, run_id, status, bpb, profile="breadth", fingerprint="f1"):

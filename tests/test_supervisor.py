@@ -16,8 +16,8 @@ import psutil
 import pytest
 
 from agent_helpers import clean_env, events, kill_tmux_server, loop, status, tmux
-from autoresearch_helpers import make_project, wait_for
-from autogolf.runlock import RunLock, lock_is_free
+from autoresearch_helpers import wait_for
+from autogolf.run.runlock import RunLock, lock_is_free
 
 pytestmark = pytest.mark.skipif(subprocess.run(["which", "tmux"], capture_output=True).returncode != 0,
                                 reason="tmux is not installed (scripts/setup.sh installs it on Debian)")
@@ -27,11 +27,6 @@ STAND_IN = 'echo "agent up $$"; while read -r line; do echo "$line" >> logs/type
 FAST = {"AUTOGOLF_POLL_SECONDS": "0.3", "AUTOGOLF_BACKOFF_SECONDS": "0.5", "AUTOGOLF_BACKOFF_MAX_SECONDS": "2",
         "AUTOGOLF_HEALTHY_SECONDS": "1", "AUTOGOLF_NUDGE_SECONDS": "600", "AUTOGOLF_BREAKER_RESTARTS": "20",
         "AUTOGOLF_BREAKER_WINDOW_SECONDS": "600"}
-
-
-@pytest.fixture
-def project(tmp_path):
-    return make_project(tmp_path / "project")
 
 
 @pytest.fixture
@@ -187,7 +182,7 @@ def test_stop_lets_a_running_benchmark_finish(project, env, tmp_path):
     ends the agent, the supervisor and the session, then waits for the benchmark."""
     flag = tmp_path / "finish-now"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from autogolf.runlock import RunLock\n"
+        "import sys, time; from pathlib import Path; from autogolf.run.runlock import RunLock\n"
         "lock = RunLock('long-bench', Path(sys.argv[1])); lock.acquire(); print('held', flush=True)\n"
         "while not Path(sys.argv[2]).exists(): time.sleep(0.1)\n"
         "lock.release(); print('done', flush=True)"), env["AUTOGOLF_LOCK_PATH"], str(flag)],

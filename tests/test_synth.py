@@ -14,16 +14,16 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from autogolf.cache import SYNTH_DATASET, read_manifest, verify_cache
-from autogolf.shards import list_shards, read_tokens
-from autogolf.synth import SOURCE, TOKENIZER_NAME, build_synth, generate_documents
+from autogolf.data.cache import SYNTH_DATASET, read_manifest, verify_cache
+from autogolf.data.shards import list_shards, read_tokens
+from autogolf.data.synth import SOURCE, TOKENIZER_NAME, build_synth, generate_documents
 from conftest import REPO
 
 SMALL = dict(val_docs=120, train_docs=1200, shard_tokens=300_000, tokenizer_train_docs=400)
 
 
 def _cli(data_root: Path) -> subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "autogolf.synth", "--data-root", str(data_root),
+    args = [sys.executable, "-m", "autogolf.data.synth", "--data-root", str(data_root),
             "--val-docs", str(SMALL["val_docs"]), "--train-docs", str(SMALL["train_docs"]),
             "--shard-tokens", str(SMALL["shard_tokens"]),
             "--tokenizer-train-docs", str(SMALL["tokenizer_train_docs"])]

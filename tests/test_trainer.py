@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autogolf.shards import read_tokens, write_shard
+from autogolf.data.shards import read_tokens, write_shard
 from backends import backend_line_prefix, blas_without_preload, reference_blas_warning_expected
 from trainer_helpers import (CONTRACT, STOPPING_EARLY, TINY, TRAINER, build_dataset, import_trainer,
                              load_docs, parse_log, run_trainer, tokenize_docs)

@@ -1,4 +1,4 @@
-"""The keep/discard verdict (autogolf/research/verdict.py) on synthetic ledgers with a known
+"""The keep/discard verdict (autogolf/judge/verdict.py) on synthetic ledgers with a known
 truth, and its notion of "kept" on a real git history."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from autogolf.ledger import file_sha256
-from autogolf.research import verdict as V
+from autogolf.fsutil import file_sha256
+from autogolf.judge import verdict as V
 
 SIGMA = 0.01  # run-to-run noise of the synthetic ledgers (autoresearch-mlx saw 0.03 on Macs)
 
@@ -204,7 +204,7 @@ def test_kept_means_committed_in_the_history_of_head(tmp_path):
 
 
 def test_repeats_summary_says_how_much_the_step_count_explains():
-    from autogolf.research import repeats
+    from autogolf.judge import repeats
 
     rows = [{"run_id": f"r{i}", "status": "ok", "repeat": {"seed": str(i)},
              "metrics": {"val_bpb": 2.0 - 0.01 * steps + noise, "train_steps": steps}}

@@ -1,4 +1,4 @@
-"""The harness's own byte table (autogolf/verify/bytecount.py): over a document, the bytes it
+"""The harness's own byte table (autogolf/measure/bytecount.py): over a document, the bytes it
 counts equal the UTF-8 length of the text the tokenizer decodes, on the real tokenizer with
 real FineWeb documents and on the project-made tokenizer with its own documents."""
 
@@ -11,8 +11,8 @@ import pytest
 import sentencepiece as spm
 
 from autoresearch_helpers import make_synth_dataset
-from autogolf.synth import generate_documents
-from autogolf.verify.bytecount import byte_table, count_bytes
+from autogolf.data.synth import generate_documents
+from autogolf.measure.bytecount import byte_table, count_bytes
 from conftest import REAL_DOCS, REAL_TOKENIZER, require_fixtures
 
 

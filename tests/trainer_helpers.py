@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autogolf.shards import write_shard
+from autogolf.data.shards import write_shard
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINER = REPO / "benchmark" / "train_gpt_mlx.py"

@@ -32,9 +32,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-AGENT_DIR = REPO_ROOT / "agent"
-TOOLS_DIR = REPO_ROOT / ".tools"
+from autogolf import settings
+from autogolf.textutil import sayer
+from autogolf.paths import AGENT_DIR, REPO_ROOT, TOOLS_DIR
+
 PI_VERSION = "1.6.0"
 EXTENSION_VERSION = "1.6.0"
 DEFAULT_REGISTRY = "https://registry.npmjs.org"
@@ -44,8 +45,7 @@ class InstallError(RuntimeError):
     """Something the user must fix; the message says what."""
 
 
-def say(msg: str) -> None:
-    print(f"setup-agent: {msg}", flush=True)
+say = sayer("setup-agent: ")
 
 
 def version_tuple(text: str) -> tuple[int, ...]:
@@ -61,7 +61,7 @@ def pins() -> dict:
 
 
 def registry() -> str:
-    return (os.environ.get("AUTOGOLF_NPM_REGISTRY") or os.environ.get("npm_config_registry")
+    return (settings.get("AUTOGOLF_NPM_REGISTRY") or os.environ.get("npm_config_registry")
             or DEFAULT_REGISTRY).rstrip("/")
 
 

@@ -28,9 +28,10 @@ import shutil
 import sys
 from pathlib import Path
 
+from autogolf import settings
 from autogolf.agent import install
+from autogolf.paths import REPO_ROOT
 
-REPO_ROOT = install.REPO_ROOT
 AUTO_DIR = REPO_ROOT / ".auto"
 SESSION_DIR = REPO_ROOT / "logs" / "agent" / "pi-sessions"
 EXTENSION_DIR = install.AGENT_DIR / "node_modules" / "pi-autoresearch"
@@ -70,15 +71,15 @@ def _json(path: Path):
 
 def provider_source() -> str | None:
     """Where pi will find a model, or None."""
-    if os.environ.get("AUTOGOLF_PI_PROVIDER") and os.environ.get("AUTOGOLF_PI_MODEL"):
+    if settings.get("AUTOGOLF_PI_PROVIDER") and settings.get("AUTOGOLF_PI_MODEL"):
         return "AUTOGOLF_PI_PROVIDER/AUTOGOLF_PI_MODEL"
     for key in PROVIDER_KEYS:
         if os.environ.get(key):
             return f"${key}"
     agent_dir = pi_agent_dir()
-    settings = _json(agent_dir / "settings.json") or {}
-    if settings.get("defaultProvider") and settings.get("defaultModel"):
-        return f"{agent_dir}/settings.json ({settings['defaultProvider']}/{settings['defaultModel']})"
+    pi_settings = _json(agent_dir / "settings.json") or {}
+    if pi_settings.get("defaultProvider") and pi_settings.get("defaultModel"):
+        return f"{agent_dir}/settings.json ({pi_settings['defaultProvider']}/{pi_settings['defaultModel']})"
     if _json(agent_dir / "auth.json"):
         return f"{agent_dir}/auth.json"
     models = _json(agent_dir / "models.json") or {}
@@ -103,7 +104,7 @@ def shim_problems() -> list[str]:
 
 def prerequisites() -> list[str]:
     """Every missing prerequisite, each with its fix. Empty when the agent can start."""
-    custom = os.environ.get("AUTOGOLF_AGENT_CMD", "").strip()
+    custom = settings.get("AUTOGOLF_AGENT_CMD").strip()
     if custom:
         words = shlex.split(custom)
         exe = words[0] if words else ""
@@ -141,7 +142,7 @@ def has_session() -> bool:
 
 def agent_command(resume: bool) -> tuple[list[str], dict]:
     env = dict(os.environ)
-    custom = env.get("AUTOGOLF_AGENT_CMD", "").strip()
+    custom = settings.get("AUTOGOLF_AGENT_CMD", env).strip()
     if custom:
         env.update(AUTOGOLF_AGENT_MESSAGE=RESUME_MESSAGE if resume else GENERIC_MESSAGE,
                    AUTOGOLF_AGENT_RESUME="1" if resume else "0")
@@ -151,11 +152,11 @@ def agent_command(resume: bool) -> tuple[list[str], dict]:
     for key, value in (("PI_SKIP_VERSION_CHECK", "1"), ("PI_TELEMETRY", "0"), ("PI_OFFLINE", "1")):
         env.setdefault(key, value)
     cmd = [str(PI_BIN), "--session-dir", str(SESSION_DIR), "-e", str(EXTENSION_DIR)]
-    if env.get("AUTOGOLF_PI_PROVIDER"):
-        cmd += ["--provider", env["AUTOGOLF_PI_PROVIDER"]]
-    if env.get("AUTOGOLF_PI_MODEL"):
-        cmd += ["--model", env["AUTOGOLF_PI_MODEL"]]
-    cmd += shlex.split(env.get("AUTOGOLF_PI_ARGS", ""))
+    if settings.get("AUTOGOLF_PI_PROVIDER", env):
+        cmd += ["--provider", settings.get("AUTOGOLF_PI_PROVIDER", env)]
+    if settings.get("AUTOGOLF_PI_MODEL", env):
+        cmd += ["--model", settings.get("AUTOGOLF_PI_MODEL", env)]
+    cmd += shlex.split(settings.get("AUTOGOLF_PI_ARGS", env))
     if resume:
         cmd += ["--continue", RESUME_MESSAGE]
     else:

@@ -28,15 +28,16 @@ import time
 
 import psutil
 
-from autogolf import runlock
+from autogolf import settings
+from autogolf.textutil import sayer
+from autogolf.run import runlock
 from autogolf.agent import launch, session
 
 PASSED_ENV_PREFIXES = ("AUTOGOLF_", "PI_", "PROFILE", "npm_config_")
 PASSED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TERM", "USER", "DATA_PATH", "TOKENIZER_PATH") + launch.PROVIDER_KEYS
 
 
-def say(msg: str) -> None:
-    print(f"autoresearch: {msg}", flush=True)
+say = sayer("autoresearch: ")
 
 
 def session_env() -> dict[str, str]:
@@ -108,7 +109,7 @@ def start() -> int:
                 say(f"{session.REPO_ROOT} is not a git checkout: pi-autoresearch keeps and discards "
                     f"experiments with git; clone the repository, then start again")
                 return 2
-            if changes and os.environ.get("AUTOGOLF_ALLOW_DIRTY") != "1":
+            if changes and settings.get("AUTOGOLF_ALLOW_DIRTY") != "1":
                 say(f"the working tree has uncommitted changes ({', '.join(changes[:5])}"
                     f"{', ...' if len(changes) > 5 else ''}): the agent's first keep would commit them "
                     f"and its first discard would revert them; commit or stash them first "
@@ -141,7 +142,7 @@ def attach() -> int:
     if session.find_session(session.tmux_server(), name) is None:
         say("no loop is running here; start it with `just autoresearch`")
         return 1
-    socket = os.environ.get("AUTOGOLF_TMUX_SOCKET")
+    socket = settings.get("AUTOGOLF_TMUX_SOCKET")
     cmd = ["tmux"] + (["-L", socket] if socket else [])
     cmd += ["switch-client", "-t", name] if os.environ.get("TMUX") else ["attach-session", "-t", name]
     os.execvp(cmd[0], cmd)

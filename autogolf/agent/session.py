@@ -19,10 +19,11 @@ from pathlib import Path
 
 import libtmux
 
-from autogolf import runlock
+from autogolf import settings
+from autogolf.run import runlock
 from autogolf.fsutil import atomic_write
+from autogolf.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 STATE_DIR = REPO_ROOT / "logs" / "agent"
 STATE_FILE = STATE_DIR / "state.json"
 SUPERVISOR_LOCK = STATE_DIR / "supervisor.lock"
@@ -39,7 +40,7 @@ def session_name(repo: Path = REPO_ROOT) -> str:
 
 
 def tmux_server() -> libtmux.Server:
-    return libtmux.Server(socket_name=os.environ.get("AUTOGOLF_TMUX_SOCKET") or None)
+    return libtmux.Server(socket_name=settings.get("AUTOGOLF_TMUX_SOCKET") or None)
 
 
 def find_session(server: libtmux.Server, name: str | None = None):

@@ -20,9 +20,11 @@ from pathlib import Path
 
 import psutil
 
-from autogolf import ledger, logparse, profiles
+from autogolf.judge import ledger
+from autogolf.measure import logparse
+from autogolf.run import budget, profiles, sizing
 from autogolf.agent import session
-from autogolf.research import budget, sizing, verdict
+from autogolf.judge import verdict
 
 
 def _duration(seconds: float) -> str:

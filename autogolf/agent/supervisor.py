@@ -37,6 +37,7 @@ from pathlib import Path
 
 import psutil
 
+from autogolf import settings
 from autogolf.agent import launch, session
 
 RATE_LIMIT = re.compile(r"rate.?limit|\b429\b|too many requests|quota|overloaded|\b529\b", re.I)
@@ -48,15 +49,16 @@ NUDGE_MESSAGE = ("autogolf supervisor: no output and no benchmark for {minutes:.
 
 @dataclass
 class Config:
-    poll: float = 1.0
-    backoff: float = 5.0
-    backoff_max: float = 300.0
-    healthy: float = 300.0
-    nudge_after: float = 900.0
-    error_grace: float = 30.0
-    rate_limit_wait: float = 300.0
-    breaker_restarts: int = 5
-    breaker_window: float = 3600.0
+    # The defaults are declared once, in autogolf/settings.py, with the variables below.
+    poll: float = float(settings.default("AUTOGOLF_POLL_SECONDS"))
+    backoff: float = float(settings.default("AUTOGOLF_BACKOFF_SECONDS"))
+    backoff_max: float = float(settings.default("AUTOGOLF_BACKOFF_MAX_SECONDS"))
+    healthy: float = float(settings.default("AUTOGOLF_HEALTHY_SECONDS"))
+    nudge_after: float = float(settings.default("AUTOGOLF_NUDGE_SECONDS"))
+    error_grace: float = float(settings.default("AUTOGOLF_ERROR_GRACE_SECONDS"))
+    rate_limit_wait: float = float(settings.default("AUTOGOLF_RATE_LIMIT_WAIT_SECONDS"))
+    breaker_restarts: int = int(settings.default("AUTOGOLF_BREAKER_RESTARTS"))
+    breaker_window: float = float(settings.default("AUTOGOLF_BREAKER_WINDOW_SECONDS"))
     agent_cmd: str = "bash scripts/run-pi-autoresearch.sh"
 
     ENV = {"poll": "AUTOGOLF_POLL_SECONDS", "backoff": "AUTOGOLF_BACKOFF_SECONDS",
@@ -69,16 +71,15 @@ class Config:
     def from_env(cls) -> "Config":
         cfg = cls()
         for name, var in cls.ENV.items():
-            raw = os.environ.get(var)
-            if raw:
-                kind = type(getattr(cfg, name))
-                try:
-                    value = kind(raw)
-                except ValueError:
-                    raise SystemExit(f"supervisor: {var}={raw!r} is not a number") from None
-                if value <= 0:
-                    raise SystemExit(f"supervisor: {var} must be positive (got {raw})")
-                setattr(cfg, name, value)
+            raw = settings.get(var)  # unset: the default declared in settings.py
+            kind = type(getattr(cfg, name))
+            try:
+                value = kind(raw)
+            except ValueError:
+                raise SystemExit(f"supervisor: {var}={raw!r} is not a number") from None
+            if value <= 0:
+                raise SystemExit(f"supervisor: {var} must be positive (got {raw})")
+            setattr(cfg, name, value)
         return cfg
 
 

@@ -1,0 +1,291 @@
+"""The harness scores every run's artifact itself, in a separate process, with its own code.
+
+From the trainer it takes only the model, through a two-name contract the trainer defines
+(its "Harness contract" section):
+
+    harness_load(blob: bytes) -> (logits, seq_len)
+        the model rebuilt from the artifact's bytes alone (settings from the environment,
+        as for training); logits(ids) maps int32 ids (B, seq_len) to float32 next-token
+        logits (B, seq_len, vocab), where position t may read ids[:, :t+1] only.
+
+Everything else is the harness's: it reads the validation tokens from the real cache
+(autogolf.data.dataview), builds the byte table from the tokenizer (bytecount), and
+computes the cross-entropy (float64 log-softmax) and the byte count itself, over the same
+non-overlapping seq_len windows the trainer scores. The scorer process runs in an empty
+temporary folder, without DATA_PATH, OUT_DIR or RUN_ID, after the raw weights are deleted:
+the artifact's bytes, handed to it, are the only model there is.
+
+Artifact-only check: harness_load given half the artifact's bytes must fail or give other
+logits; a loader that ignores its bytes (raw weights read from disk) gives the same ones.
+
+Causality probe: for PROBE_SEQS windows, the tokens after a cut are replaced by other
+tokens; the logits at and before the cut must not move (a model reading its targets moves
+them). Then the hidden holdout slice is scored the same way (ledger only, never a METRIC),
+for every improving run -- the trainer's val_bpb below the best earlier ok run of the same
+profile and dataset, or the first such run -- since it costs one more evaluation;
+AUTOGOLF_HOLDOUT=every scores it for every run.
+
+A run is integrity_failed (exit 4, never ok) when the harness's val_bpb and the trainer's
+differ by more than TOLERANCE_BPB, when the probe fails, or when the artifact cannot be
+scored. TOLERANCE_BPB = 1e-4: both sides compute the same float32 model over the same
+windows and batches, so they agree to a few 1e-6 (measured: 6e-7 smoke on FineWeb fixtures,
+3.1e-6 baseline model on breadth's slice; see README); a byte count off
+by one per token moves val_bpb by ~30%, a loss scaled by 0.99 by 1%. It is 1/20 of the
+0.002 minimum improvement. (Raw weights scored instead of the artifact can differ by less,
+as int8 rounding moved a 4-step smoke model by 5e-5: the artifact-only check catches that.)
+
+CLI (the process run.py starts):  python -m autogolf.measure.score --trainer T --artifact A
+    --dataset-dir D --tokenizer TOK --selection START:STOP [--holdout START:STOP] --out JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from autogolf import settings
+from autogolf.data.dataview import read_val_range
+from autogolf.measure.bytecount import byte_table, count_bytes
+
+TOLERANCE_BPB = 1e-4
+PROBE_SEQS = 1  # one window, cut at three places: a fraction of one evaluation batch
+PROBE_TOLERANCE = 1e-3  # logits (softcapped at 30); same shapes, same kernels: ~0 in practice
+SCRUBBED_ENV = ("DATA_PATH", "OUT_DIR", "RUN_ID")
+
+
+# --------------------------------------------------------------------------- scorer process
+
+def load_contract(trainer: Path):
+    spec = importlib.util.spec_from_file_location("scored_trainer", trainer)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
+    spec.loader.exec_module(module)  # the trainer's own `if __name__ == "__main__"` keeps it from training
+    if not callable(getattr(module, "harness_load", None)):
+        raise RuntimeError(f"{trainer} defines no harness_load(blob) -> (logits, seq_len); restore the "
+                           f"trainer's 'Harness contract' section")
+    return module.harness_load
+
+
+def _log_softmax_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    log_norm = np.log(np.exp(z).sum(axis=-1))
+    picked = np.take_along_axis(z, targets[..., None].astype(np.int64), axis=-1)[..., 0]
+    return log_norm - picked
+
+
+def score_tokens(logits_fn, seq_len: int, tokens: np.ndarray, table, batch_seqs: int) -> dict:
+    """Mean NLL (nats/token) and bits per byte over non-overlapping seq_len windows."""
+    windows = (tokens.size - 1) // seq_len
+    if windows <= 0:
+        raise RuntimeError(f"slice of {tokens.size} tokens is shorter than one window of {seq_len}")
+    nll = nbytes = 0.0
+    for first in range(0, windows, batch_seqs):
+        last = min(first + batch_seqs, windows)
+        chunk = tokens[first * seq_len:last * seq_len + 1].astype(np.int32)
+        x, y = chunk[:-1].reshape(-1, seq_len), chunk[1:].reshape(-1, seq_len)
+        logits = np.array(logits_fn(x), dtype=np.float32)
+        if logits.shape[:2] != x.shape:
+            raise RuntimeError(f"harness_load's logits have shape {logits.shape}, expected {x.shape} + (vocab,)")
+        nll += float(_log_softmax_nll(logits, y).sum())
+        nbytes += float(count_bytes(x, y, table).sum())
+    tokens_scored = windows * seq_len
+    val_loss = nll / tokens_scored
+    return {"val_loss": val_loss, "val_bpb": nll / math.log(2.0) / nbytes,
+            "tokens": tokens_scored, "bytes": int(nbytes)}
+
+
+def causality_probe(logits_fn, seq_len: int, tokens: np.ndarray, vocab: int) -> dict:
+    """Replace the tokens after a cut; the logits at and before the cut must stay put."""
+    n = min(PROBE_SEQS, (tokens.size - 1) // seq_len)
+    x = tokens[:n * seq_len].astype(np.int32).reshape(n, seq_len)
+    rng = np.random.default_rng(0)
+    cuts = [seq_len // 4, 3 * seq_len // 4]  # each costs one forward pass of one window
+    worst, moved_after = 0.0, 0.0
+    base = np.array(logits_fn(x), dtype=np.float32)
+    for cut in sorted({c for c in cuts if 0 <= c < seq_len - 1}):
+        changed = x.copy()
+        changed[:, cut + 1:] = (x[:, cut + 1:] + rng.integers(1, vocab, size=x[:, cut + 1:].shape)) % vocab
+        out = np.array(logits_fn(changed), dtype=np.float32)
+        worst = max(worst, float(np.abs(out[:, :cut + 1] - base[:, :cut + 1]).max()))
+        moved_after = max(moved_after, float(np.abs(out[:, cut + 1:] - base[:, cut + 1:]).max()))
+    return {"passed": worst <= PROBE_TOLERANCE, "max_abs_diff_before_cut": worst,
+            "max_abs_diff_after_cut": moved_after, "sequences": n, "tolerance": PROBE_TOLERANCE}
+
+
+def artifact_dependence(load, blob: bytes, logits_fn, seq_len: int, tokens: np.ndarray) -> dict:
+    """The artifact's bytes must be the model's only source: a loader given half of them
+    must fail or give another model. One that gives the same logits reads its weights from
+    somewhere else (the raw weights, a copy on disk)."""
+    x = tokens[:seq_len].astype(np.int32).reshape(1, seq_len)
+    try:
+        other, _ = load(blob[:len(blob) // 2])
+        diff = float(np.abs(np.array(other(x), dtype=np.float32) - np.array(logits_fn(x), dtype=np.float32)).max())
+    except Exception as e:  # noqa: BLE001 -- any failure on a broken artifact is the right answer
+        return {"passed": True, "half_artifact": f"refused ({type(e).__name__})"}
+    return {"passed": diff > 0.0, "half_artifact": f"loaded; logits differ by up to {diff:.3g}"}
+
+
+def _span(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    a, b = text.split(":")
+    return int(a), int(b)
+
+
+def scorer_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m autogolf.measure.score",
+                                     description="Score an artifact with the harness's own code (run.py starts this).")
+    parser.add_argument("--trainer", type=Path, required=True, help="the trainer file defining harness_load")
+    parser.add_argument("--artifact", type=Path, required=True, help="the exported artifact (its bytes are the model)")
+    parser.add_argument("--dataset-dir", type=Path, required=True, help="the real cache folder (not the run's view)")
+    parser.add_argument("--tokenizer", type=Path, required=True, help="the SentencePiece model of the cache")
+    parser.add_argument("--selection", required=True, help="START:STOP validation tokens the trainer scored")
+    parser.add_argument("--holdout", default=None, help="START:STOP validation tokens of the hidden holdout")
+    parser.add_argument("--batch-tokens", type=int, default=8192, help="tokens per forward batch (memory only)")
+    parser.add_argument("--out", type=Path, required=True, help="where to write the result as JSON")
+    args = parser.parse_args(argv)
+    import sentencepiece as spm
+
+    t0 = time.monotonic()
+    out: dict = {"seconds": {}}
+    sp = spm.SentencePieceProcessor(model_file=str(args.tokenizer))
+    table = byte_table(sp)
+    blob = args.artifact.read_bytes()
+    load = load_contract(args.trainer)
+    logits_fn, seq_len = load(blob)
+    out["seq_len"] = int(seq_len)
+    batch = max(args.batch_tokens // seq_len, 1)
+    out["seconds"]["load"] = time.monotonic() - t0
+    selection = read_val_range(args.dataset_dir, *_span(args.selection))
+    t = time.monotonic()
+    out["probe"] = causality_probe(logits_fn, seq_len, selection, int(sp.vocab_size()))
+    out["artifact_only"] = artifact_dependence(load, blob, logits_fn, seq_len, selection)
+    out["seconds"]["probe"] = time.monotonic() - t
+    t = time.monotonic()
+    out["selection"] = score_tokens(logits_fn, seq_len, selection, table, batch)
+    out["seconds"]["selection"] = time.monotonic() - t
+    if args.holdout:
+        t = time.monotonic()
+        out["holdout"] = score_tokens(logits_fn, seq_len, read_val_range(args.dataset_dir, *_span(args.holdout)),
+                                      table, batch)
+        out["seconds"]["holdout"] = time.monotonic() - t
+    args.out.write_text(json.dumps(out), encoding="utf-8")
+    return 0
+
+
+# --------------------------------------------------------------------------- harness side
+
+def scorer_command(trainer: Path, artifact: Path, dataset_dir: Path, tokenizer: Path, view: dict,
+                   batch_tokens: int, out: Path) -> list[str]:
+    sel = view["selection"]
+    cmd = [sys.executable, "-m", "autogolf.measure.score", "--trainer", str(trainer), "--artifact", str(artifact),
+           "--dataset-dir", str(Path(dataset_dir).resolve()), "--tokenizer", str(Path(tokenizer).resolve()),
+           "--selection", f"{sel['start']}:{sel['stop']}", "--batch-tokens", str(batch_tokens), "--out", str(out)]
+    if view.get("holdout"):
+        cmd += ["--holdout", f"{view['holdout']['start']}:{view['holdout']['stop']}"]
+    return cmd
+
+
+def scorer_env(env: dict, repo_root: Path) -> dict:
+    clean = {k: v for k, v in env.items() if k not in SCRUBBED_ENV}
+    clean["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo_root), env.get("PYTHONPATH", "")) if p)
+    return clean
+
+
+def judge(result: dict | None, error: str | None, trainer_bpb: float | None) -> tuple[dict, str | None]:
+    """(row["harness_score"], the one-line reason the run failed integrity, or None)."""
+    score: dict = {"tolerance": TOLERANCE_BPB, "trainer_val_bpb": trainer_bpb}
+    if result is None:
+        score.update(probe="not_run", error=error)
+        return score, f"the harness could not score the artifact: {error}"
+    sel = result["selection"]
+    score.update(val_bpb=sel["val_bpb"], val_loss=sel["val_loss"], tokens=sel["tokens"], bytes=sel["bytes"],
+                 seq_len=result["seq_len"], probe="passed" if result["probe"]["passed"] else "failed",
+                 probe_detail=result["probe"], phase_seconds={k: round(v, 3) for k, v in result["seconds"].items()})
+    score["artifact_only"] = result["artifact_only"]
+    if not result["artifact_only"]["passed"]:
+        return score, ("the artifact is not the model's only source: harness_load given half of its bytes "
+                       "built the same model (it reads weights from elsewhere, e.g. the raw weights)")
+    if not result["probe"]["passed"]:
+        return score, (f"causality probe failed: changing tokens after position t moved the logits at or "
+                       f"before t by {result['probe']['max_abs_diff_before_cut']:.3g} (> {PROBE_TOLERANCE}); "
+                       f"the model reads tokens it is predicting")
+    diff = abs(sel["val_bpb"] - trainer_bpb)
+    score["abs_diff"] = diff
+    if not diff <= TOLERANCE_BPB:
+        return score, (f"the harness scored the artifact at val_bpb {sel['val_bpb']:.8f} but the trainer "
+                       f"printed {trainer_bpb:.8f} (|diff| {diff:.2e} > tolerance {TOLERANCE_BPB:g}); the "
+                       f"trainer's metric, byte count or export/reload disagrees with its artifact")
+    return score, None
+
+
+def holdout_record(result: dict | None, view: dict) -> dict | None:
+    if result is None or "holdout" not in result:
+        return {"val_bpb": None, "slice": view.get("holdout_note")} if view else None
+    h, slice_ = result["holdout"], view["holdout"]
+    return {"val_bpb": h["val_bpb"], "val_loss": h["val_loss"], "tokens": h["tokens"],
+            "slice": f"validation tokens [{slice_['start']:,}, {slice_['stop']:,}) of {view['val_total_tokens']:,}: "
+                     f"{view['holdout_note']}", "seconds": round(result["seconds"]["holdout"], 3)}
+
+
+def run_scorer(run, cmd: list[str], env: dict, console: Path, out: Path, timeout: float) -> tuple[dict | None, str | None]:
+    """Start the scorer with `run(cmd, env, console, timeout, cwd)` (the orchestrator's process
+    runner: timeout, process-tree kill) in an empty temporary folder; (result, error)."""
+    work = Path(tempfile.mkdtemp(prefix="autogolf-score-"))
+    try:
+        outcome = run(cmd, env, console, timeout, work)
+        if outcome["timed_out"]:
+            return None, f"scoring exceeded {timeout:g} s"
+        if outcome["returncode"] != 0 or not out.is_file():
+            lines = [l for l in console.read_text(encoding="utf-8", errors="replace").splitlines() if l.strip()]
+            return None, f"scorer exited {outcome['returncode']}: {(lines or ['no output'])[-1].strip()[:300]}"
+        return json.loads(out.read_text(encoding="utf-8")), None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        out.unlink(missing_ok=True)
+
+
+def _batch_tokens(env: dict) -> int:
+    """The trainer's evaluation batch (VAL_BATCH_SIZE / GRAD_ACCUM_STEPS), so both sides
+    run the same shapes; only memory and rounding depend on it."""
+    try:
+        return max(int(env.get("VAL_BATCH_SIZE", 524288)) // max(int(env.get("GRAD_ACCUM_STEPS", 8)), 1), 1)
+    except ValueError:
+        return 8192
+
+
+def score_run(run, *, trainer: Path, artifact: Path, dataset_dir: Path, tokenizer: Path, view: dict,
+              env: dict, repo_root: Path, console: Path, timeout: float, trainer_bpb: float | None,
+              best_before: float | None) -> tuple[dict, dict | None, str | None]:
+    """Score a finished run: (row["harness_score"], row["holdout"], integrity failure or None)."""
+    start = time.monotonic()
+    improving = best_before is None or (trainer_bpb is not None and trainer_bpb < best_before)
+    if view.get("holdout") and not improving and settings.get("AUTOGOLF_HOLDOUT") != "every":
+        view = dict(view, holdout=None, holdout_note="not scored: not an improving run (AUTOGOLF_HOLDOUT=every scores all)")
+    if not artifact.is_file():
+        result, error = None, f"the artifact {artifact} is missing"
+    else:
+        out = Path(tempfile.mkdtemp(prefix="autogolf-score-out-")) / "score.json"
+        cmd = scorer_command(trainer, artifact, dataset_dir, tokenizer, view, _batch_tokens(env), out)
+        try:
+            result, error = run_scorer(run, cmd, scorer_env(env, repo_root), console, out, timeout)
+        finally:
+            shutil.rmtree(out.parent, ignore_errors=True)
+    score, reason = judge(result, error, trainer_bpb)
+    score["seconds"] = round(time.monotonic() - start, 3)  # the whole scoring step, process start included
+    return score, holdout_record(result, view), reason
+
+
+if __name__ == "__main__":
+    sys.exit(scorer_main())
