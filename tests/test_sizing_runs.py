@@ -88,13 +88,14 @@ def test_the_first_breadth_run_sizes_the_machine_and_later_runs_follow_it(projec
 
 def test_a_slower_machine_gets_a_smaller_budget_and_a_slow_run_is_warned(project, env):
     quick = [".venv/bin/python", "-m", "autogolf.lab.calibrate", "--quick"]
-    cal_env = breadth_env(env, AUTOGOLF_SIZING_TARGET="20")
+    cal_env = breadth_env(env, AUTOGOLF_SIZING_TARGET="60")
     out = subprocess.run(quick, cwd=project, env=cal_env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     fast = machine(project)["sizing"]["breadth"]
 
-    # the same machine made slower (every step sleeps): the probe measures it, the rung shrinks
-    slow_steps(project, 0.5)
+    # the same machine made slower (every step sleeps 2 s, several times a tiny model's step):
+    # the probe measures it, and the rung shrinks
+    slow_steps(project, 2.0)
     git(project, "commit", "-qam", "a slower baseline")
     out = subprocess.run(quick, cwd=project, env=cal_env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
