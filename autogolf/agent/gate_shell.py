@@ -45,7 +45,7 @@ INTERPRETERS = re.compile(r"^(python[0-9.]*|pypy[0-9.]*|perl|ruby|node|nodejs|de
                           r"lua|Rscript|tclsh|osascript)$")
 SHELLS = {"bash", "sh", "zsh", "dash", "ksh", "fish"}
 WRITE_PRIMITIVE = re.compile(
-    r"""open\s*\([^)]*['"][^'"]*[wax+]|\.write|write_text|write_bytes|writeFile|appendFile|unlink|remove|"""
+    r"""open\s*\([^)]*,\s*(?:mode\s*=\s*)?['"][^'"]*[wax+]|\.write|write_text|write_bytes|writeFile|appendFile|unlink|remove|"""
     r"""rmtree|rename|replace\s*\(|truncate|chmod|chown|symlink|shutil|os\.system|subprocess|popen|"""
     r"""mkdir|makedirs|touch|rmSync|fs\.|system\s*\(|>""", re.I)
 MENTION = re.compile(
@@ -222,6 +222,10 @@ def _segment_problem(words: list[str], places: Places, whole: str, depth: int) -
             return "a shell script on stdin that names a protected place and writes"
         return None
     if INTERPRETERS.match(name):
+        in_place = name in ("perl", "ruby") and any(re.fullmatch(r"-[a-zA-Z]*i\S*", a) for a in args)
+        hit = next((h for h in (places.protected(a) for a in _args(args)) if h), None) if in_place else None
+        if hit:  # perl -pi -e '...' FILE edits FILE in place
+            return f"`{name} -i` writes {hit}"
         if MENTION.search(whole) and WRITE_PRIMITIVE.search(whole):
             return f"an inline {name} script that names a protected place and writes"
         script = next((a for a in args if not a.startswith("-")), None)

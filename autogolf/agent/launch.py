@@ -9,8 +9,10 @@ message, which switches pi-autoresearch on and starts the loop. Restart (pi-auto
 message that carries the loop on; a resume without one leaves pi idle.
 
 pi runs with `--session-dir logs/agent/pi-sessions` (so the supervisor can read its state) and
-loads the extension by path, `-e agent/node_modules/pi-autoresearch`, which needs no project
-trust. Provider and model: pi's own configuration (~/.pi/agent, or PI_CODING_AGENT_DIR), a key
+loads the extensions by path, which needs no project trust: `-e agent/node_modules/pi-autoresearch`,
+then `-e agent/guard/index.ts`, autogolf's guard (after it, so its checks see every tool call
+pi-autoresearch registered; the rules are autogolf/agent/gate*.py). pi never starts without
+the guard: a missing guard, or a gate that does not answer, is a missing prerequisite. Provider and model: pi's own configuration (~/.pi/agent, or PI_CODING_AGENT_DIR), a key
 in the environment, or AUTOGOLF_PI_PROVIDER / AUTOGOLF_PI_MODEL. AUTOGOLF_PI_ARGS adds flags.
 
 AUTOGOLF_AGENT_CMD runs another CLI agent instead (through `bash -c`): it gets the same message
@@ -25,6 +27,7 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -36,6 +39,7 @@ AUTO_DIR = REPO_ROOT / ".auto"
 SESSION_DIR = REPO_ROOT / "logs" / "agent" / "pi-sessions"
 EXTENSION_DIR = install.AGENT_DIR / "node_modules" / "pi-autoresearch"
 PI_BIN = install.AGENT_DIR / "node_modules" / ".bin" / "pi"
+GUARD = install.AGENT_DIR / "guard" / "index.ts"
 PROVIDER_KEYS = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "OPENROUTER_API_KEY",
                  "GROQ_API_KEY", "XAI_API_KEY", "MISTRAL_API_KEY", "CEREBRAS_API_KEY",
                  "DEEPSEEK_API_KEY", "AZURE_OPENAI_API_KEY", "AWS_BEARER_TOKEN_BEDROCK")
@@ -127,8 +131,28 @@ def prerequisites() -> list[str]:
         problems.append(f"no model provider for pi: export a key ({', '.join(PROVIDER_KEYS[:4])}, ...), "
                         f"or configure one in {pi_agent_dir()} (`pi` then /login, or models.json), or "
                         f"set AUTOGOLF_PI_PROVIDER and AUTOGOLF_PI_MODEL")
+    problems += guard_problems()
     problems += shim_problems()
     return problems
+
+
+def guard_problems() -> list[str]:
+    """The guard is there and its gate answers: without it pi-autoresearch takes the agent's
+    word for the command, the keep and the metric (see autogolf/agent/gate.py)."""
+    if not GUARD.is_file():
+        return [f"the autogolf guard {GUARD.relative_to(REPO_ROOT)} is missing; restore it with "
+                f"`git checkout -- agent/guard`"]
+    python = REPO_ROOT / ".venv" / "bin" / "python"
+    try:
+        # a dry question with a read-only answer: an edit of an out-of-scope file, not journaled
+        out = subprocess.run([str(python), "-c", "from autogolf.agent import gate; import json, sys; "
+                              "json.dump(gate.decide('edit', {'path': 'autoresearch.sh'}, gate.REPO_ROOT), sys.stdout)"],
+                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+        if json.loads(out.stdout).get("allow") is not False:
+            raise ValueError("it allowed an edit of autoresearch.sh")
+    except (OSError, ValueError, subprocess.SubprocessError) as e:
+        return [f"the guard's gate (python -m autogolf.agent.gate) does not answer ({e}); run `just setup`"]
+    return []
 
 
 def has_session() -> bool:
@@ -151,7 +175,7 @@ def agent_command(resume: bool) -> tuple[list[str], dict]:
     env["PATH"] = install.agent_path()
     for key, value in (("PI_SKIP_VERSION_CHECK", "1"), ("PI_TELEMETRY", "0"), ("PI_OFFLINE", "1")):
         env.setdefault(key, value)
-    cmd = [str(PI_BIN), "--session-dir", str(SESSION_DIR), "-e", str(EXTENSION_DIR)]
+    cmd = [str(PI_BIN), "--session-dir", str(SESSION_DIR), "-e", str(EXTENSION_DIR), "-e", str(GUARD)]
     if settings.get("AUTOGOLF_PI_PROVIDER", env):
         cmd += ["--provider", settings.get("AUTOGOLF_PI_PROVIDER", env)]
     if settings.get("AUTOGOLF_PI_MODEL", env):

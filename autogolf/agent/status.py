@@ -7,7 +7,11 @@
 - The benchmark running now (whoever holds the machine's run lock): run, profile, step of
   steps, tok/s, ETA, read live from its console log.
 - The last runs from the ledger, and the best val_bpb per profile and dataset (runs that
-  finished ok and did not fail their checks).
+  finished ok and did not fail their checks). A run that did not finish ok shows its status
+  and no val_bpb: an integrity_failed run's number is the trainer's, which the harness
+  rejected, and must not read like a result.
+- The guard (agent/guard, autogolf/agent/gate.py): its decisions and blocks by kind, from
+  logs/agent/guard.jsonl.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import psutil
 from autogolf.judge import ledger
 from autogolf.measure import logparse
 from autogolf.run import budget, profiles, sizing
-from autogolf.agent import session
+from autogolf.agent import gate, session
 from autogolf.judge import verdict
 
 
@@ -122,7 +126,7 @@ def ledger_lines(last: int) -> list[str]:
         checks = run.get("checks")
         if checks is not None:
             status += " checks:" + ("ok" if checks.get("passed") else "FAILED")
-        value = _bpb(run)
+        value = _bpb(run) if run.get("status") == "ok" else None  # only a finished run has a result
         wall = run.get("wall_seconds")
         lines.append(f"  {str(run.get('run_id', '?'))[:32]:<32} {str(run.get('profile', '-')):<8} "
                      f"{status:<22} {(f'{value:.4f}' if value is not None else '-'):>8} "
@@ -170,8 +174,23 @@ def sizing_lines(runs: list[dict]) -> list[str]:
     return lines
 
 
+def guard_lines(root: Path = session.REPO_ROOT) -> list[str]:
+    """The guard's decisions so far and its blocks by kind (command, keep, scope, shell)."""
+    rows = gate.read_journal(root)
+    if not rows:
+        return ["guard    no decisions yet (logs/agent/guard.jsonl)"]
+    blocks = gate.block_counts(root)
+    kinds = ", ".join(f"{kind} {blocks.get(kind, 0)}" for kind in sorted(set(gate.KINDS.values()) | set(blocks)))
+    last = next((r for r in reversed(rows) if r.get("allowed") is False), None)
+    lines = [f"guard    {len(rows)} decisions, {sum(blocks.values())} blocked by kind: {kinds}"]
+    if last:
+        lines.append(f"         last block {str(last.get('at', '?'))[:19]} {last.get('tool')}: "
+                     f"{str(last.get('reason', ''))[:140]}")
+    return lines
+
+
 def render(last: int = 8) -> str:
-    return "\n".join(agent_lines() + benchmark_lines() + ledger_lines(last))
+    return "\n".join(agent_lines() + benchmark_lines() + guard_lines() + ledger_lines(last))
 
 
 def main(argv: list[str] | None = None) -> int:
