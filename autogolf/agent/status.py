@@ -107,8 +107,8 @@ def _bpb(run: dict) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def ledger_lines(last: int) -> list[str]:
-    runs = ledger.runs(ledger.default_path())
+def ledger_lines(last: int, path: Path | None = None) -> list[str]:
+    runs = ledger.runs(path or ledger.default_path())
     if not runs:
         return ["ledger   no runs yet (logs/runs.jsonl)"]
     best: dict[tuple, tuple[float, str]] = {}

@@ -245,15 +245,19 @@ def kept_trainer_hashes(repo_root: Path, relpath: str = TRAINER_RELPATH, limit: 
                               capture_output=True, timeout=120)
         return proc.stdout if proc.returncode == 0 else b""
 
+    # Every commit of HEAD's history, merges included, then the trainer's blob in each tree:
+    # `git log --raw` prints no diff for a merge commit, so a version that a merge brought
+    # in (or a conflict resolution made) was missed, and its runs read as never kept.
+    commits = git("rev-list", f"--max-count={limit}", "HEAD").decode().split()
+    if not commits:
+        return set()
+    listing = git("cat-file", "--batch-check=%(objectname) %(objecttype)",
+                  data="".join(f"{c}:{relpath}\n" for c in commits).encode())
     blobs = set()
-    head = git("rev-parse", f"HEAD:{relpath}").strip()
-    if head:
-        blobs.add(head.decode())
-    raw = git("log", f"-n{limit}", "--format=", "--raw", "--no-abbrev", "HEAD", "--", relpath)
-    for line in raw.decode(errors="replace").splitlines():
+    for line in listing.decode(errors="replace").splitlines():
         parts = line.split()
-        if line.startswith(":") and len(parts) >= 4 and set(parts[3]) != {"0"}:
-            blobs.add(parts[3])
+        if len(parts) == 2 and parts[1] == "blob":  # "<commit>:<path> missing" where it is absent
+            blobs.add(parts[0])
     if not blobs:
         return set()
     out = git("cat-file", "--batch", data="".join(b + "\n" for b in sorted(blobs)).encode())
