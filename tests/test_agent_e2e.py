@@ -3,9 +3,11 @@ supervisor in tmux, running our benchmark and checks on the real trainer. Only t
 is a stand-in: a scripted OpenAI-compatible server on loopback (tests/scripted_model.py).
 
 The script: init, a baseline kept, a command other than the benchmark (refused), a trainer edit
-discarded, a protected-file edit that fails the checks, another run kept. Then the model server
+discarded, a protected-file edit that fails the checks, a rerun discarded. Then the model server
 is stopped mid-loop: pi's requests fail, the supervisor restarts pi, and when the server is back
-the loop carries on from pi-autoresearch's log.
+the loop carries on from pi-autoresearch's log. (The guard, agent/guard, refuses a keep the
+VERDICT does not back, so the reruns of unchanged code are logged as discards; the protected-file
+edit hides the file's name from the guard's pattern check, so the checks are what catch it.)
 """
 
 from __future__ import annotations
@@ -38,17 +40,17 @@ SCRIPT = [
     {"tool": "run_experiment", "args": {"command": SMOKE}},
     {"tool": "log_experiment", "args": {"commit": "0000000", "metric": "{metric:val_bpb}", "status": "discard",
                                         "description": "trainer note, no gain"}},
-    {"tool": "bash", "args": {"command": "echo 'scripted-model-was-here' >> README.md"}},
+    {"tool": "bash", "args": {"command": "python3 -c \"p = 'READ' + 'ME.md'; open(p, 'a').write('scripted-model-was-here')\""}},
     {"tool": "run_experiment", "args": {"command": SMOKE}},
     {"tool": "log_experiment", "args": {"commit": "0000000", "metric": "{metric:val_bpb}", "status": "checks_failed",
                                         "description": "edited a protected file"}},
     {"tool": "run_experiment", "args": {"command": SMOKE}},
-    {"tool": "log_experiment", "args": {"commit": "0000000", "metric": "{metric:val_bpb}", "status": "keep",
+    {"tool": "log_experiment", "args": {"commit": "0000000", "metric": "{metric:val_bpb}", "status": "discard",
                                         "description": "rerun before the outage"}},
     # the server is stopped here; after the restart the conversation resumes at this turn
-    {"tool": "bash", "args": {"command": "echo '# experiment: a note the keep must commit' >> benchmark/train_gpt_mlx.py"}},
+    {"tool": "bash", "args": {"command": "echo '# experiment: a note the discard reverts' >> benchmark/train_gpt_mlx.py"}},
     {"tool": "run_experiment", "args": {"command": SMOKE}},
-    {"tool": "log_experiment", "args": {"commit": "0000000", "metric": "{metric:val_bpb}", "status": "keep",
+    {"tool": "log_experiment", "args": {"commit": "0000000", "metric": "{metric:val_bpb}", "status": "discard",
                                         "description": "after the restart"}},
 ]
 
@@ -116,22 +118,22 @@ def test_real_pi_loop_under_the_supervisor_survives_a_model_outage(tmp_path, cor
     print("status during the loop:\n" + screen)
 
     # pi-autoresearch's own log: the loop went on from it after the restart
-    assert [e["status"] for e in entries] == ["keep", "discard", "checks_failed", "keep", "keep"]
+    assert [e["status"] for e in entries] == ["keep", "discard", "checks_failed", "discard", "discard"]
     assert entries[-1]["description"] == "after the restart" and entries[-1]["run"] == 5
     # the command that is not the benchmark was refused
     refused = [r for r in server.requests() if r["turn"] == 4]
-    assert refused and "must run it instead of a custom command" in refused[0]["last"]
+    assert refused and "run_experiment runs only the benchmark" in refused[0]["last"]
     # our ledger: every benchmark run, with the checks' verdicts; the README edit failed them
     ok_runs = [r for r in runs if r["status"] == "ok"]
     assert len(ok_runs) == 5, [(r["run_id"], r["status"]) for r in runs]
     assert [(r["checks"] or {}).get("passed") for r in ok_runs] == [True, True, False, True, True]
     assert "README.md" in " ".join(ok_runs[2]["checks"]["problems"])
-    # the discards reverted the trainer note and the README edit; the keep committed its change
+    # the discards reverted the trainer notes and the README edit
     trainer = (project / "benchmark" / "train_gpt_mlx.py").read_text()
-    assert "the discard must revert" not in trainer and "the keep must commit" in trainer
+    assert "the discard must revert" not in trainer and "the discard reverts" not in trainer
     assert "scripted-model-was-here" not in (project / "README.md").read_text()
     assert git(project, "status", "--porcelain").strip() == ""
-    assert "after the restart" in git(project, "log", "-1", "--format=%s")
+    assert git(project, "log", "--format=%s").split("\n")[0] == "harness under test"  # nothing new was kept
     # the supervisor's account of the outage
     log = events(project)
     assert any("restart_scheduled pi stopped on an error: Connection error" in l for l in log), log

@@ -27,7 +27,7 @@ import psutil
 from autogolf.judge import ledger
 from autogolf.measure import logparse
 from autogolf.run import budget, profiles, sizing
-from autogolf.agent import gate, session
+from autogolf.agent import gate, gate_command, session
 from autogolf.judge import verdict
 
 
@@ -157,17 +157,16 @@ def sizing_lines(runs: list[dict]) -> list[str]:
                      f"{probe.get('train_tok_s', 0):.0f} tok/s, sgemm {probe.get('sgemm_gflops')} GFLOP/s); "
                      f"baseline trainer {expected:.0f} s ({'measured' if measured else 'predicted'}), "
                      f"timeout about {timeout:.0f} s, pi timeout_seconds {sizing.pi_timeout(timeout, 10.0)}")
-    fixed = []
+    # what the guard (agent/guard) sets on run_experiment now: the ledger's latest value per
+    # profile, else the harness's computed one (autogolf/agent/gate_command.py)
+    guarded = []
     for name in sorted(profiles.load_all()):
-        if name not in (machine.get("sizing") or {}):
-            try:
-                profile = profiles.load(name, environ={})
-            except profiles.ProfileError:
-                continue
-            fixed.append(f"{name} {sizing.pi_timeout(profile.timeout_seconds, 10.0)}")
-    if fixed:
-        lines.append("pi       timeout_seconds for run_experiment: " + ", ".join(fixed)
-                     + ("" if (machine.get("sizing") or {}) else " (breadth: before its first run probes this machine)"))
+        try:
+            guarded.append(f"{name} {gate_command.pi_timeout(name, session.REPO_ROOT, runs)[0]}")
+        except profiles.ProfileError:
+            continue
+    if guarded:
+        lines.append("pi       timeout_seconds the guard sets on run_experiment: " + ", ".join(guarded))
     for change in verdict.budget_changes(runs)[-3:]:
         lines.append(f"budget   {change['profile']}: changed from {change['from']} to {change['to']} at run "
                      f"{change['run_id']} ({change['source']}): a new baseline, earlier runs not compared")

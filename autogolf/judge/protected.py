@@ -29,7 +29,9 @@ HARNESS_PATTERNS = ("autoresearch.sh", "autoresearch.checks.sh", "README.md", "J
                     # the shims that make pi-autoresearch run our benchmark and checks, and the
                     # agent's pins (autoresearch.md and autoresearch.ideas.md are the agent's)
                     ".auto/measure.sh", ".auto/checks.sh", "agent/package.json",
-                    "agent/package-lock.json", "agent/tools.json")
+                    "agent/package-lock.json", "agent/tools.json",
+                    # the guard pi loads: an edit of it would take effect at pi's next start
+                    "agent/guard/")
 DATA_PATTERNS = ("data/datasets/*/fineweb_val_*.bin", "data/datasets/*/autogolf_manifest.json",
                  "data/tokenizers/*.model", "data/tokenizers/*.vocab", ".upstream/")
 # Never protected: VCS and tool caches (huggingface_hub keeps lock and metadata files under
