@@ -19,7 +19,6 @@ record). The value is the harness's for that profile on this machine: the latest
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,7 +106,7 @@ def parse(command: str) -> tuple[Parsed | None, str]:
 # --------------------------------------------------------------------------- timeout_seconds
 
 def _grace() -> float:
-    raw = os.environ.get("AUTOGOLF_KILL_GRACE_SECONDS") or settings.default("AUTOGOLF_KILL_GRACE_SECONDS")
+    raw = settings.get("AUTOGOLF_KILL_GRACE_SECONDS")
     try:
         return float(raw)
     except ValueError:
@@ -118,7 +117,7 @@ def computed_pi_timeout(name: str, root: Path) -> tuple[int, str]:
     """What the orchestrator would allow a run of profile `name` now, without a ledger
     value: sized profiles from the machine record, others from timeout_seconds."""
     profile = profiles.load(name, environ={})
-    override = os.environ.get("AUTOGOLF_TIMEOUT")
+    override = settings.get("AUTOGOLF_TIMEOUT")  # the orchestrator honours it: so does pi's limit
     if override:
         return sizing.pi_timeout(float(override), _grace()), "AUTOGOLF_TIMEOUT"
     if profile.sizing is None:
