@@ -233,6 +233,10 @@ def test_a_symbolic_link_out_of_scope_is_blocked(root):
     "find . -name '*.py' | head", "python3 -c 'print(1)'", "just status", "ls 2>&1 >/dev/null",
     ".venv/bin/python -m autogolf.agent.status", "cat autoresearch.md > /tmp/a",
     "python3 - <<'EOF'\nimport json\nprint(json.load(open('logs/machine.json')))\nEOF",
+    # a whole trainer written through a here-document: its body is data, apostrophes and all
+    "cat > benchmark/train_gpt_mlx.py <<'EOF'\n# don't read ./data/ here\nx = 1 > 0\nrm -rf logs\nEOF\n"
+    "python3 -c 'import ast; ast.parse(open(\"benchmark/train_gpt_mlx.py\").read())'",
+    "awk '{print $1}' logs/runs.jsonl | head",
 ])
 def test_reading_and_in_scope_writes_are_allowed(root, command):
     decision = gate_shell.decide({"command": command}, root)
@@ -260,6 +264,7 @@ def test_reading_and_in_scope_writes_are_allowed(root, command):
     ("python3 - <<'EOF'\nopen('autoresearch.checks.sh', 'w').write('exit 0')\nEOF", "an inline python3 script"),
     ("bash -c 'echo x > logs/runs.jsonl'", "a redirection into logs/runs.jsonl"),
     ("eval 'rm -rf logs'", "`rm` writes logs"),
+    ("awk '{print > \"logs/x\"}' /tmp/in", "an inline awk script"),
     ("git commit -am 'sneak'", "`git commit` changes the repository"),
     ("git checkout -- autoresearch.checks.sh", "`git checkout`"), ("git reset --hard HEAD~1", "`git reset`"),
     ("git clean -fdx", "`git clean`"), ("git -C . stash", "`git stash`"),
@@ -271,6 +276,8 @@ def test_reading_and_in_scope_writes_are_allowed(root, command):
     ("bash scripts/setup.sh", "runs the harness script scripts/setup.sh"),
     ("echo x > $OUT", "a redirection into $OUT"),
     ("echo 'x >> logs/runs.jsonl", "cannot parse"),
+    ("cat > /tmp/a <<EOF\nhello\nEOF\necho x > logs/runs.jsonl", "a redirection into logs/runs.jsonl"),
+    ("cat <<-EOF > autoresearch.checks.sh\n\texit 0\n\tEOF", "a redirection into autoresearch.checks.sh"),
 ])
 def test_writes_into_protected_places_are_blocked(root, command, why):
     decision = gate_shell.decide({"command": command}, root)

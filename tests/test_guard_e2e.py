@@ -118,6 +118,9 @@ def test_the_guard_blocks_what_agents_tried_and_the_records_agree(tmp_path, corp
     assert file_sha256(project / "benchmark" / "train_gpt_mlx.py") == first["trainer"]["sha256"]
     assert KEPT_NOTE in trainer and DISCARDED_NOTE not in trainer
     assert git(project, "status", "--porcelain").strip() == ""
+    # between the benchmarks: the keep's guard call and commit, a guarded bash, the guarded start
+    print(f"loop overhead between the two benchmarks, with the guard: "
+          f"{second['started_epoch'] - first['ended_epoch']:.2f} s")
     summary = {"log": [(e["status"], e["metric"]) for e in entries],
                "ledger": [(r["run_id"], r["verdict"]["call"], r["metrics"]["val_bpb"], r["trainer"]["sha256"][:12])
                           for r in runs],

@@ -58,6 +58,25 @@ JUST_READ_ONLY = {"status", "ledger", "settings", "default", "--list", "-l"}
 MODULE_READ_ONLY = {"autogolf.agent.status", "autogolf.settings"}
 
 
+HEREDOC = re.compile(r"""<<(-?)\s*(['"]?)([A-Za-z_][A-Za-z0-9_]*)\2""")
+
+
+def strip_heredocs(command: str) -> str:
+    """The command without its here-document bodies: they are data (or a script, which the
+    interpreter rule reads in the raw text), never commands of this shell. Without this an
+    apostrophe in a file written by `cat > f <<'EOF'` would unbalance the quoting."""
+    lines, out, pending = command.split("\n"), [], []
+    for line in lines:
+        if pending:
+            dash, delimiter = pending[0]
+            if (line.lstrip("\t") if dash else line) == delimiter:
+                pending.pop(0)
+            continue
+        out.append(line)
+        pending = [(m[1] == "-", m[3]) for m in HEREDOC.finditer(line)]
+    return "\n".join(out)
+
+
 def _tokens(command: str) -> list[str] | None:
     """Shell words and operators, quotes honoured; newlines end a command. None when the
     quoting does not parse (then the raw-text rule alone decides)."""
@@ -226,10 +245,17 @@ def _segment_problem(words: list[str], places: Places, whole: str, depth: int) -
         hit = next((h for h in (places.protected(a) for a in _args(args)) if h), None) if in_place else None
         if hit:  # perl -pi -e '...' FILE edits FILE in place
             return f"`{name} -i` writes {hit}"
-        if MENTION.search(whole) and WRITE_PRIMITIVE.search(whole):
-            return f"an inline {name} script that names a protected place and writes"
         script = next((a for a in args if not a.startswith("-")), None)
-        hit = places.protected(script) if script and not script.startswith(("'", '"')) else None
+        flag = next((i for i, a in enumerate(args) if a in ("-c", "-e", "-E", "--eval", "-p")), None)
+        if flag is not None and flag + 1 < len(args):
+            code = args[flag + 1]  # python -c, perl -e, node -e: the program is this word
+        elif name.endswith("awk"):
+            code, script = script or "", None  # awk's first word is its program
+        else:
+            code = whole if script in (None, "-") else ""  # a script on stdin: a here-document
+        if MENTION.search(code) and WRITE_PRIMITIVE.search(code):
+            return f"an inline {name} script that names a protected place and writes"
+        hit = places.protected(script) if script and script != "-" else None
         if hit and hit.startswith(("autogolf/", "scripts/")):
             return f"runs the harness script {hit}"
         return None
@@ -272,7 +298,7 @@ def _writer_problem(name: str, args: list[str], places: Places) -> str | None:
 
 def shell_problem(command: str, places: Places, depth: int = 0) -> str | None:
     """What this command would write that it must not, in words; None when nothing is seen."""
-    tokens = _tokens(command)
+    tokens = _tokens(strip_heredocs(command))
     if tokens is None:  # unbalanced quotes: judge the raw text alone, conservatively
         if MENTION.search(command) and WRITE_PRIMITIVE.search(command):
             return "a command the guard cannot parse that names a protected place and writes"
