@@ -264,6 +264,7 @@ def test_reading_and_in_scope_writes_are_allowed(root, command):
     ("python3 - <<'EOF'\nopen('autoresearch.checks.sh', 'w').write('exit 0')\nEOF", "an inline python3 script"),
     ("bash -c 'echo x > logs/runs.jsonl'", "a redirection into logs/runs.jsonl"),
     ("eval 'rm -rf logs'", "`rm` writes logs"),
+    ("echo $(rm -rf logs)", "`rm` writes logs"), ("echo `rm -rf .git`", "`rm` writes .git"),
     ("awk '{print > \"logs/x\"}' /tmp/in", "an inline awk script"),
     ("git commit -am 'sneak'", "`git commit` changes the repository"),
     ("git checkout -- autoresearch.checks.sh", "`git checkout`"), ("git reset --hard HEAD~1", "`git reset`"),

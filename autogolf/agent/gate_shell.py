@@ -80,7 +80,8 @@ def strip_heredocs(command: str) -> str:
 def _tokens(command: str) -> list[str] | None:
     """Shell words and operators, quotes honoured; newlines end a command. None when the
     quoting does not parse (then the raw-text rule alone decides)."""
-    lexer = shlex.shlex(command.replace("\n", " ; "), posix=True, punctuation_chars=True)
+    # a backtick substitution is a command of its own: cut there, as at `$(`
+    lexer = shlex.shlex(command.replace("\n", " ; ").replace("`", " ; "), posix=True, punctuation_chars=True)
     lexer.whitespace_split = True
     lexer.commenters = ""
     try:
