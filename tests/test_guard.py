@@ -179,6 +179,13 @@ def test_discard_crash_and_checks_failed_are_always_allowed(root, status):
     assert gate_keep.decide({"status": status, "metric": 0.5}, root / "nowhere")["allow"]
 
 
+def test_a_failed_run_is_logged_without_its_rejected_number(root):
+    add_run(root, "r1", call="discard", status="integrity_failed", checks=None, val_bpb=2.7353)
+    decision = gate_keep.decide({"status": "crash", "metric": 2.7353, "metrics": {"total_bytes": 5}}, root)
+    assert decision["allow"] and decision["input"]["metric"] == 0.0
+    assert decision["input"]["metrics"] == {"total_bytes": 5}
+
+
 def test_a_keep_of_repeats_records_their_median(root):
     summary = {"median": 2.5, "spread": 0.02, "ok": 3}
     add_run(root, "g-r3", val_bpb=2.6, repeats=summary, repeat={"group": "g", "index": 3, "of": 3})
@@ -319,3 +326,15 @@ def test_the_cli_fails_closed_on_an_unreadable_input(root):
     decision = json.loads(out.stdout)
     assert decision["allow"] is False and "could not decide" in decision["reason"]
     assert gate.block_counts(root) == {"shell": 1}
+
+
+def test_status_prints_the_blocks_by_kind(root):
+    from autogolf.agent import status
+
+    assert status.guard_lines(root) == ["guard    no decisions yet (logs/agent/guard.jsonl)"]
+    for tool, tool_input in (("bash", {"command": "rm -rf logs"}), ("bash", {"command": "rm -rf data"}),
+                             ("write", {"path": "autoresearch.sh"}), ("bash", {"command": "ls"})):
+        gate.record(root, tool, gate.decide(tool, tool_input, root), tool_input)
+    lines = status.guard_lines(root)
+    assert lines[0] == "guard    4 decisions, 3 blocked by kind: command 0, keep 0, scope 1, shell 2"
+    assert "write: write refused: `autoresearch.sh` is not in scope" in lines[1]

@@ -116,6 +116,7 @@ def test_the_guard_blocks_what_agents_tried_and_the_records_agree(tmp_path, corp
     # pi-autoresearch's log: the keep and the discard, with the LEDGER's val_bpb each
     entries = pi_log(project)
     assert [e["status"] for e in entries] == ["keep", "discard", "crash"]
+    assert entries[2]["metric"] == 0  # the crashed run's number was the trainer's, never a result
     assert entries[0]["metric"] == first["metrics"]["val_bpb"] != 0.01
     assert entries[1]["metric"] == second["metrics"]["val_bpb"]
     # git: one commit by pi-autoresearch, holding the trainer the first run measured; the

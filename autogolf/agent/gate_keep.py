@@ -13,7 +13,8 @@ typed. So:
             never the dangerous direction.
 Whatever the status, the metric recorded is the ledger's val_bpb for that run (the median
 for REPEATS, as printed), and known secondary metrics take the ledger's values too, so
-pi-autoresearch's log and widget show the harness's numbers, never the agent's.
+pi-autoresearch's log and widget show the harness's numbers, never the agent's. A run that
+did not end ok is recorded with metric 0: the number its trainer printed was rejected.
 """
 
 from __future__ import annotations
@@ -78,7 +79,9 @@ def _rewrite(tool_input: dict, run: dict | None) -> tuple[dict, str]:
     """The input with the ledger's numbers in place of the agent's; a note of what changed."""
     if run is None:
         return dict(tool_input), ""
-    shown = printed_metrics(run)
+    # a run that did not end ok has no result: its number, if the trainer printed one, is
+    # what the harness rejected, so pi's log gets 0 (its own "no metric") instead
+    shown = printed_metrics(run) if run.get("status") == "ok" else {"val_bpb": 0.0}
     value = _finite(shown.get("val_bpb"))
     new_input = dict(tool_input)
     notes = []
