@@ -338,3 +338,13 @@ def test_status_prints_the_blocks_by_kind(root):
     lines = status.guard_lines(root)
     assert lines[0] == "guard    4 decisions, 3 blocked by kind: command 0, keep 0, scope 1, shell 2"
     assert "write: write refused: `autoresearch.sh` is not in scope" in lines[1]
+
+
+def test_pi_is_launched_with_the_guard_after_pi_autoresearch(monkeypatch):
+    from autogolf.agent import launch
+
+    monkeypatch.delenv("AUTOGOLF_AGENT_CMD", raising=False)
+    assert launch.guard_problems() == []  # the guard is there and its gate answers
+    cmd, _ = launch.agent_command(resume=False)
+    extensions = [cmd[i + 1] for i, word in enumerate(cmd) if word == "-e"]
+    assert extensions == [str(launch.EXTENSION_DIR), str(REPO / "agent" / "guard" / "index.ts")]
