@@ -6,8 +6,8 @@
   supervisor's logs/agent/state.json), and the last supervisor event.
 - The benchmark running now (whoever holds the machine's run lock): run, profile, step of
   steps, tok/s, ETA, read live from its console log.
-- The last runs from the ledger, and the best val_bpb per profile and dataset (runs that
-  finished ok and did not fail their checks). A run that did not finish ok shows its status
+- The last runs from the ledger, and the best kept val_bpb per profile, dataset and budget
+  (kept: autogolf/judge/verdict.is_kept, as the VERDICT, `just report` and `just ledger`). A run that did not finish ok shows its status
   and no val_bpb: an integrity_failed run's number is the trainer's, which the harness
   rejected, and must not read like a result.
 - The guard (agent/guard, autogolf/agent/gate.py): its decisions and blocks by kind, from
@@ -107,19 +107,27 @@ def _bpb(run: dict) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def ledger_lines(last: int, path: Path | None = None) -> list[str]:
+def best_kept(runs: list[dict], repo: Path) -> dict[tuple, tuple[float, str]]:
+    """(profile, dataset, budget) -> (val_bpb, run_id) of the best kept experiment
+    (verdict.is_kept: the definition the VERDICT, `just report` and the ledger's marker use;
+    for REPEATS the group's median, as the VERDICT compares it)."""
+    best: dict[tuple, tuple[float, str]] = {}
+    for exp in verdict.kept_experiments(runs, verdict.kept_trainer_hashes(repo)):
+        run = exp.members[-1]
+        key = (run.get("profile") or "?", (run.get("dataset") or {}).get("name") or "?",
+               verdict.budget_text(run))  # never across budgets: they are not comparable
+        if key not in best or exp.val_bpb < best[key][0]:
+            best[key] = (exp.val_bpb, exp.run_id)
+    return best
+
+
+def ledger_lines(last: int, path: Path | None = None, repo: Path = session.REPO_ROOT) -> list[str]:
+    """The last runs and the best kept run per profile, dataset and budget; `repo` is the
+    checkout whose history says which trainer versions were kept."""
     runs = ledger.runs(path or ledger.default_path())
     if not runs:
         return ["ledger   no runs yet (logs/runs.jsonl)"]
-    best: dict[tuple, tuple[float, str]] = {}
-    for run in runs:
-        value = _bpb(run)
-        checks_failed = (run.get("checks") or {}).get("passed") is False
-        if run.get("status") == "ok" and value is not None and not checks_failed:
-            key = (run.get("profile") or "?", (run.get("dataset") or {}).get("name") or "?",
-                   verdict.budget_text(run))  # never across budgets: they are not comparable
-            if key not in best or value < best[key][0]:
-                best[key] = (value, run.get("run_id", "?"))
+    best = best_kept(runs, repo)
     lines = [f"ledger   {len(runs)} runs; last {min(last, len(runs))}:"]
     for run in runs[-last:]:
         status = run.get("status", "?")
@@ -133,7 +141,7 @@ def ledger_lines(last: int, path: Path | None = None) -> list[str]:
                      f"{(f'{wall:.0f}s' if isinstance(wall, (int, float)) else '-'):>6}")
     lines.append("best     " + ("; ".join(f"{p} on {d} at {b}: {v:.4f} ({r})"
                                         for (p, d, b), (v, r) in sorted(best.items()))
-                              or "no successful run yet"))
+                              or "no kept run yet (kept: VERDICT keep, checks passed, trainer committed)"))
     lines += sizing_lines(runs)
     return lines
 

@@ -30,7 +30,8 @@ Row fields (the orchestrator, autogolf/run/orchestrator.py, fills them):
   REPEATS=n repeat {group, index, of, seed} (the last one also repeats {...}); see
   autogolf/judge/ and autogolf/run/budget.py.
 
-CLI: python -m autogolf.judge.ledger [--last N] [--path logs/runs.jsonl]  (reconciles lost runs first)
+CLI: python -m autogolf.judge.ledger [--last N] [--path logs/runs.jsonl] [--repo .]  (reconciles lost
+runs first; `*` marks a new best kept run: see best_markers)
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ import sys
 import time
 from pathlib import Path
 
+from autogolf.judge import verdict
 from autogolf.paths import REPO_ROOT
 
 LEDGER_NAME = "runs.jsonl"
@@ -261,26 +263,22 @@ def _val_bpb(row: dict) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def best_markers(rows: list[dict]) -> list[bool]:
-    """True where a row set a new best val_bpb among earlier standard rows (ok, checks not
-    failed, no overrides) of the same profile and dataset (others are not comparable)."""
-    best: dict[tuple, float] = {}
-    marks = []
-    for row in rows:
-        value = _val_bpb(row)
-        key = (row.get("profile"), (row.get("dataset") or {}).get("fingerprint"))
-        honest = row.get("status") == "ok" and not row.get("overrides") and \
-            (row.get("checks") or {}).get("passed") is not False
-        if honest and value is not None and value < best.get(key, math.inf):
-            best[key] = value
-            marks.append(True)
-        else:
-            marks.append(False)
-    return marks
+def best_markers(rows: list[dict], in_history: set[str]) -> list[bool]:
+    """True on the row that closes a kept experiment (verdict.is_kept: honest, VERDICT keep,
+    trainer in HEAD's history; `in_history` is verdict.kept_trainer_hashes) whose val_bpb
+    beat every earlier kept experiment of its comparable set (verdict.comparison_key): so
+    the marker, the VERDICT's comparison, `just status` and `just report` agree on the best."""
+    best: dict[str, float] = {}
+    marked: set[str] = set()
+    for exp in verdict.experiments(rows):
+        if verdict.is_kept(exp, in_history) and exp.val_bpb < best.get(exp.key, math.inf):
+            best[exp.key] = exp.val_bpb
+            marked.add(exp.run_id)
+    return [str(row.get("run_id")) in marked for row in rows]
 
 
-def format_table(rows: list[dict], last: int | None = None) -> str:
-    marks = best_markers(rows)  # over the whole history, then cut
+def format_table(rows: list[dict], in_history: set[str], last: int | None = None) -> str:
+    marks = best_markers(rows, in_history)  # over the whole history, then cut
     pairs = list(zip(rows, marks))
     if last:
         pairs = pairs[-last:]
@@ -300,7 +298,8 @@ def format_table(rows: list[dict], last: int | None = None) -> str:
             f"{(f'{value:.6f}' if value is not None else '-'):>10}{'*' if best else ' '} "
             f"{(f'{total:,}' if isinstance(total, int) else '-'):>11}  "
             f"{(f'{wall:.0f}' if isinstance(wall, (int, float)) else '-')}")
-    lines.append("* = new best val_bpb for its profile and dataset")
+    lines.append("* = a new best among kept runs (VERDICT keep, checks passed, trainer committed in "
+                 "HEAD's history) of its comparable set (profile, dataset, budget, machine, settings)")
     return "\n".join(lines)
 
 
@@ -312,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--last", type=int, default=20,
                         help="show only the last N runs (default 20; 0 = all)")
     parser.add_argument("--json", action="store_true", help="print the selected rows as JSON lines instead")
+    parser.add_argument("--repo", type=Path, default=REPO_ROOT,
+                        help="git checkout whose history says which trainer versions were kept")
     args = parser.parse_args(argv)
     path = args.path or default_path()
     for row in reconcile(path):
@@ -325,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         for row in rows[-args.last:] if args.last else rows:
             print(json.dumps(row))
     else:
-        print(format_table(rows, args.last or None))
+        print(format_table(rows, verdict.kept_trainer_hashes(args.repo), args.last or None))
     if skipped:
         print(f"warning: skipped {skipped} corrupt or partial line(s) in {path}", file=sys.stderr)
     return 0

@@ -6,11 +6,15 @@ A run is judged against the BEST COMPARABLE KEPT run in the ledger:
               RUN_ID, SEED, paths, AUTOGOLF_*). Never across any of these.
   honest      finished ok, passed its checks (a "checks" record with passed=true; the checks
               are pi-autoresearch's gate before a keep), and ran with no profile overrides.
-  kept        its trainer's sha256 equals a version of benchmark/train_gpt_mlx.py committed in
-              the history of HEAD. pi-autoresearch commits the working tree on keep and
-              reverts it on discard, so the committed versions ARE the kept experiments; a
-              discarded change never reaches HEAD's history. (A run of code that equals an
-              earlier kept version counts as kept: it is the same experiment.)
+  kept        honest, its VERDICT was keep (for repeats: the group's last row), AND its
+              trainer's sha256 equals a version of benchmark/train_gpt_mlx.py committed in
+              the history of HEAD, merges included (`is_kept`, the one definition that the
+              VERDICT, `just status`, `just report` and the ledger's best marker all use).
+              pi-autoresearch commits the working tree on keep and reverts it on discard, so
+              a discarded change never reaches HEAD's history; but a rerun of committed code
+              that the VERDICT discarded, or whose checks failed, has its hash in history
+              too, and is not kept. (The first honest run of a comparable set is called
+              keep, so the baseline is kept once its code is committed.)
 Repeats of one run (REPEATS=n, one "repeat" group) count as one experiment: the median of
 their val_bpb and of their throughput.
 
@@ -115,7 +119,7 @@ def previous_budget(current: "Experiment", history: list["Experiment"], kept: se
     if not current.members:
         return None
     key = comparison_key(current.members[-1], with_budget=False)
-    earlier = [e for e in history if e.key != current.key and e.honest and e.trainer_sha in kept and e.members
+    earlier = [e for e in history if e.key != current.key and is_kept(e, kept)
                and comparison_key(e.members[-1], with_budget=False) == key]
     return earlier[-1].members[-1] if earlier else None
 
@@ -270,6 +274,23 @@ def kept_trainer_hashes(repo_root: Path, relpath: str = TRAINER_RELPATH, limit: 
     return hashes
 
 
+def is_kept(exp: Experiment, in_history: set[str]) -> bool:
+    """THE definition of a kept run (see the module doc), for every reader of the ledger:
+    honest (ok, checks passed, no overrides), VERDICT keep on the group's last row, and a
+    trainer version that reached HEAD's history (`in_history`: kept_trainer_hashes). The
+    hash alone is not enough: a rerun of committed code that was discarded, or failed its
+    checks, has its hash in history too."""
+    if not exp.members or not exp.honest or exp.val_bpb is None:
+        return False
+    call = (exp.members[-1].get("verdict") or {}).get("call")
+    return call == "keep" and exp.trainer_sha is not None and exp.trainer_sha in in_history
+
+
+def kept_experiments(runs: list[dict], in_history: set[str]) -> list[Experiment]:
+    """The kept experiments (is_kept) among the ledger's runs (ledger.runs), in order."""
+    return [e for e in experiments(runs) if is_kept(e, in_history)]
+
+
 # --------------------------------------------------------------------------- the call
 
 def _repeats_needed(gain: float, noise: Noise, n_best: int) -> int | None:
@@ -313,8 +334,7 @@ def decide(current: Experiment, history: list[Experiment], noise: Noise | None,
         verdict.update(call="inconclusive", reason=f"ran with overrides ({', '.join(names)}), so no "
                        f"kept run is comparable: rerun without them to judge it")
         return verdict
-    pool = [e for e in history if e.key == current.key and e.honest and e.trainer_sha in kept
-            and e.run_id != current.run_id and e.val_bpb is not None]
+    pool = [e for e in history if e.key == current.key and is_kept(e, kept) and e.run_id != current.run_id]
     if not pool:
         before = previous_budget(current, history, kept)
         if before is not None:

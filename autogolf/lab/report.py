@@ -11,8 +11,10 @@ green dots, discarded runs as grey crosses, crashes as red marks along the botto
 running best of the kept runs as a line and holdout values as hollow diamonds; below it the
 artifact size against the 16,000,000-byte cap.
 
-"Kept" is the verdict's notion (autogolf/judge/verdict.py): the run's trainer is a
-version committed in HEAD's history.
+"Kept" is the one definition of autogolf/judge/verdict.is_kept, which the VERDICT, `just
+status` and the ledger's best marker use too: honest (ok, checks passed, no overrides),
+VERDICT keep, and a trainer version committed in HEAD's history (merges included). A run
+of committed code that the VERDICT discarded, or whose checks failed, is discarded here.
 """
 
 from __future__ import annotations
@@ -37,12 +39,13 @@ def _holdout(exp: verdict.Experiment) -> float | None:
 
 
 def classify(exp: verdict.Experiment, kept: set[str]) -> str:
+    """running, crash (no result), kept (verdict.is_kept; `kept` is the set of trainer
+    hashes in HEAD's history) or discarded (everything else with a result)."""
     if exp.members[-1].get("status") == "running":
         return "running"
     if exp.val_bpb is None:
         return "crash"
-    overridden = any(m.get("overrides") for m in exp.members)
-    return "kept" if exp.trainer_sha in kept and not overridden else "discarded"
+    return "kept" if verdict.is_kept(exp, kept) else "discarded"
 
 
 def by_profile(runs: list[dict]) -> dict[tuple, list[verdict.Experiment]]:

@@ -21,9 +21,13 @@ logits; a loader that ignores its bytes (raw weights read from disk) gives the s
 Causality probe: for PROBE_SEQS windows, the tokens after a cut are replaced by other
 tokens; the logits at and before the cut must not move (a model reading its targets moves
 them). Then the hidden holdout slice is scored the same way (ledger only, never a METRIC),
-for every improving run -- the trainer's val_bpb below the best earlier ok run of the same
-profile and dataset, or the first such run -- since it costs one more evaluation;
-AUTOGOLF_HOLDOUT=every scores it for every run.
+only for a run that could be kept, since it costs one more evaluation: the scorer scores it
+only after the run passed every integrity check below (a failed run's model is disowned, so
+its holdout would be a number about nothing), and the harness asks for it only when the
+trainer's val_bpb is not worse than the best KEPT comparable run (autogolf/judge/verdict.is_kept)
+by the minimum improvement or more -- within that margin a faster step can still be kept --
+or when there is no kept comparable run yet (the baseline). AUTOGOLF_HOLDOUT=every asks for
+it on every run; a failed run still gets none.
 
 A run is integrity_failed (exit 4, never ok) when the harness's val_bpb and the trainer's
 differ by more than TOLERANCE_BPB, when the probe fails, or when the artifact cannot be
@@ -152,6 +156,8 @@ def scorer_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokenizer", type=Path, required=True, help="the SentencePiece model of the cache")
     parser.add_argument("--selection", required=True, help="START:STOP validation tokens the trainer scored")
     parser.add_argument("--holdout", default=None, help="START:STOP validation tokens of the hidden holdout")
+    parser.add_argument("--trainer-bpb", type=float, default=None,
+                        help="the trainer's val_bpb: the holdout is scored only when the run passes integrity")
     parser.add_argument("--batch-tokens", type=int, default=8192, help="tokens per forward batch (memory only)")
     parser.add_argument("--out", type=Path, required=True, help="where to write the result as JSON")
     args = parser.parse_args(argv)
@@ -175,7 +181,9 @@ def scorer_main(argv: list[str] | None = None) -> int:
     t = time.monotonic()
     out["selection"] = score_tokens(logits_fn, seq_len, selection, table, batch)
     out["seconds"]["selection"] = time.monotonic() - t
-    if args.holdout:
+    # the holdout only for a run that passed integrity (judge: the same rules the harness
+    # applies afterwards); a run that failed them is never kept, so its holdout is not spent
+    if args.holdout and args.trainer_bpb is not None and judge(out, None, args.trainer_bpb)[1] is None:
         t = time.monotonic()
         out["holdout"] = score_tokens(logits_fn, seq_len, read_val_range(args.dataset_dir, *_span(args.holdout)),
                                       table, batch)
@@ -187,13 +195,14 @@ def scorer_main(argv: list[str] | None = None) -> int:
 # --------------------------------------------------------------------------- harness side
 
 def scorer_command(trainer: Path, artifact: Path, dataset_dir: Path, tokenizer: Path, view: dict,
-                   batch_tokens: int, out: Path) -> list[str]:
+                   batch_tokens: int, out: Path, trainer_bpb: float | None) -> list[str]:
     sel = view["selection"]
     cmd = [sys.executable, "-m", "autogolf.measure.score", "--trainer", str(trainer), "--artifact", str(artifact),
            "--dataset-dir", str(Path(dataset_dir).resolve()), "--tokenizer", str(Path(tokenizer).resolve()),
            "--selection", f"{sel['start']}:{sel['stop']}", "--batch-tokens", str(batch_tokens), "--out", str(out)]
-    if view.get("holdout"):
-        cmd += ["--holdout", f"{view['holdout']['start']}:{view['holdout']['stop']}"]
+    if view.get("holdout") and trainer_bpb is not None:  # without the trainer's number, no integrity: no holdout
+        cmd += ["--holdout", f"{view['holdout']['start']}:{view['holdout']['stop']}",
+                "--trainer-bpb", repr(float(trainer_bpb))]
     return cmd
 
 
@@ -230,7 +239,10 @@ def judge(result: dict | None, error: str | None, trainer_bpb: float | None) -> 
     return score, None
 
 
-def holdout_record(result: dict | None, view: dict) -> dict | None:
+def holdout_record(result: dict | None, view: dict, failure: str | None = None) -> dict | None:
+    if failure is not None and view and view.get("holdout"):
+        return {"val_bpb": None, "slice": "not scored: the run failed the harness's integrity check, "
+                                          "so it cannot be kept"}
     if result is None or "holdout" not in result:
         return {"val_bpb": None, "slice": view.get("holdout_note")} if view else None
     h, slice_ = result["holdout"], view["holdout"]
@@ -265,26 +277,39 @@ def _batch_tokens(env: dict) -> int:
         return 8192
 
 
+def could_be_kept(trainer_bpb: float | None, best_kept: float | None, margin: float) -> bool:
+    """Whether a run's val_bpb leaves it a chance of a VERDICT keep: no kept comparable run
+    yet (the baseline), or not worse than the best kept one by `margin` (the minimum
+    improvement: within it the VERDICT can still keep a faster step)."""
+    if trainer_bpb is None or not math.isfinite(trainer_bpb):
+        return False
+    return best_kept is None or trainer_bpb < best_kept + margin
+
+
 def score_run(run, *, trainer: Path, artifact: Path, dataset_dir: Path, tokenizer: Path, view: dict,
               env: dict, repo_root: Path, console: Path, timeout: float, trainer_bpb: float | None,
-              best_before: float | None) -> tuple[dict, dict | None, str | None]:
-    """Score a finished run: (row["harness_score"], row["holdout"], integrity failure or None)."""
+              best_before: float | None, keep_margin: float = 0.0) -> tuple[dict, dict | None, str | None]:
+    """Score a finished run: (row["harness_score"], row["holdout"], integrity failure or None).
+    best_before: the best val_bpb of the kept comparable runs (None: none yet)."""
     start = time.monotonic()
-    improving = best_before is None or (trainer_bpb is not None and trainer_bpb < best_before)
-    if view.get("holdout") and not improving and settings.get("AUTOGOLF_HOLDOUT") != "every":
-        view = dict(view, holdout=None, holdout_note="not scored: not an improving run (AUTOGOLF_HOLDOUT=every scores all)")
+    if view.get("holdout") and not could_be_kept(trainer_bpb, best_before, keep_margin) \
+            and settings.get("AUTOGOLF_HOLDOUT") != "every":
+        view = dict(view, holdout=None, holdout_note=(
+            f"not scored: val_bpb {trainer_bpb} is worse than the best kept comparable run "
+            f"({best_before}) by {keep_margin} or more, so it cannot be kept (AUTOGOLF_HOLDOUT=every "
+            f"scores every run that passes integrity)"))
     if not artifact.is_file():
         result, error = None, f"the artifact {artifact} is missing"
     else:
         out = Path(tempfile.mkdtemp(prefix="autogolf-score-out-")) / "score.json"
-        cmd = scorer_command(trainer, artifact, dataset_dir, tokenizer, view, _batch_tokens(env), out)
+        cmd = scorer_command(trainer, artifact, dataset_dir, tokenizer, view, _batch_tokens(env), out, trainer_bpb)
         try:
             result, error = run_scorer(run, cmd, scorer_env(env, repo_root), console, out, timeout)
         finally:
             shutil.rmtree(out.parent, ignore_errors=True)
     score, reason = judge(result, error, trainer_bpb)
     score["seconds"] = round(time.monotonic() - start, 3)  # the whole scoring step, process start included
-    return score, holdout_record(result, view), reason
+    return score, holdout_record(result, view, reason), reason
 
 
 if __name__ == "__main__":

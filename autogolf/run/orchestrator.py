@@ -65,14 +65,14 @@ from autogolf.textutil import one_line, say
 
 # --------------------------------------------------------------------------- helpers
 
-def _best_before(rows: list[dict], profile: str, fingerprint: str | None) -> float | None:
-    """The best val_bpb of earlier standard runs on this profile and data (finished ok, checks
-    not failed, no overrides): the holdout is scored for a run that beats it."""
-    values = [r["metrics"]["val_bpb"] for r in rows
-              if r.get("status") == "ok" and r.get("profile") == profile and not r.get("overrides")
-              and (r.get("checks") or {}).get("passed") is not False
-              and (r.get("dataset") or {}).get("fingerprint") == fingerprint
-              and isinstance((r.get("metrics") or {}).get("val_bpb"), (int, float))]
+def _best_before(rows: list[dict], row: dict) -> float | None:
+    """The best val_bpb of the earlier KEPT runs comparable with this one (verdict.is_kept and
+    comparison_key, as the VERDICT compares them): the holdout is scored only for a run
+    that could beat it (measure/score.could_be_kept). The row has no machine yet (that is
+    filled in at the end), so this machine's is used for the comparison."""
+    key = verdict.comparison_key(dict(row, machine=row.get("machine") or ledger.machine_info()))
+    values = [e.val_bpb for e in verdict.kept_experiments(rows, verdict.kept_trainer_hashes(REPO_ROOT))
+              if e.key == key]
     return min(values) if values else None
 
 
@@ -423,7 +423,7 @@ def _score(state: RunState) -> tuple[str, str]:
         tokenizer=state.tokenizer_path, view=row["data_view"], env=state.env, repo_root=REPO_ROOT,
         console=state.logs_dir / f"{row['run_id']}.score.txt", timeout=state.timeout,
         trainer_bpb=state.result.metrics["val_bpb"],
-        best_before=_best_before(earlier, row["profile"], (row.get("dataset") or {}).get("fingerprint")))
+        best_before=_best_before(earlier, row), keep_margin=verdict.min_improvement())
     return ("integrity_failed", failure) if failure else ("ok", "")
 
 

@@ -3,8 +3,9 @@
 Every run exports an int8+zlib artifact (about 10 MB for the baseline: 2 GB per 200 runs).
 After each run the harness keeps the artifact of
   - each of the last KEEP_LAST runs (default 5; AUTOGOLF_KEEP_LAST),
-  - every improving run: an ok run that set a new best val_bpb for its profile and dataset
-    when it ran (the ledger's `*` marker), which includes the current best of each,
+  - every improving run: a kept run (autogolf/judge/verdict.is_kept) that set a new best
+    val_bpb for its comparable set when it ran (the ledger's `*` marker), which includes the
+    current best of each (a run not yet kept is among the last runs while pi decides),
 and deletes the other runs' artifacts, plus raw-weight files (*.npz) of runs no longer
 running (unless AUTOGOLF_KEEP_RAW_MODEL=1) and per-run data views (logs/views/<run_id>) left by runs that died. Logs,
 console captures and the ledger are never deleted: every run stays fully described.
@@ -20,7 +21,7 @@ import sys
 from pathlib import Path
 
 from autogolf import settings
-from autogolf.judge import ledger
+from autogolf.judge import ledger, verdict
 from autogolf.paths import REPO_ROOT
 
 ARTIFACT_SUFFIX = "_mlx_model.int8.ptz"
@@ -35,19 +36,21 @@ def keep_last() -> int:
         return 5
 
 
-def artifacts_to_keep(runs: list[dict], last: int) -> set[str]:
+def artifacts_to_keep(runs: list[dict], last: int, in_history: set[str]) -> set[str]:
     """run_ids whose artifacts stay: the last `last` runs, every improving run, anything running."""
     keep = {r["run_id"] for r in runs[-last:]} if last else set()
-    keep |= {r["run_id"] for r, best in zip(runs, ledger.best_markers(runs)) if best}
+    keep |= {r["run_id"] for r, best in zip(runs, ledger.best_markers(runs, in_history)) if best}
     keep |= {r["run_id"] for r in runs if r.get("status") == "running"}
     return keep
 
 
-def prune(logs_dir: Path, ledger_path: Path, *, last: int | None = None, dry_run: bool = False) -> list[Path]:
-    """Delete what the rule above lets go; return the paths (deleted, or that would be)."""
+def prune(logs_dir: Path, ledger_path: Path, *, last: int | None = None, dry_run: bool = False,
+          repo: Path = REPO_ROOT) -> list[Path]:
+    """Delete what the rule above lets go; return the paths (deleted, or that would be).
+    `repo`: the checkout whose history says which trainer versions were kept."""
     logs_dir = Path(logs_dir)
     runs = ledger.runs(ledger_path)
-    keep = artifacts_to_keep(runs, keep_last() if last is None else last)
+    keep = artifacts_to_keep(runs, keep_last() if last is None else last, verdict.kept_trainer_hashes(repo))
     running = {r["run_id"] for r in runs if r.get("status") == "running"}
     doomed = [p for p in logs_dir.glob(f"*{ARTIFACT_SUFFIX}") if p.name[:-len(ARTIFACT_SUFFIX)] not in keep]
     if settings.get("AUTOGOLF_KEEP_RAW_MODEL") != "1":  # asked to keep them (autogolf/run/orchestrator.py)
