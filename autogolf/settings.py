@@ -58,6 +58,11 @@ _DECLARED = (
             "free one)", "run/distributed"),
     Setting("AUTOGOLF_HOLDOUT", "", "'every' scores the hidden holdout on every run, not only on "
             "improving ones", "measure/score"),
+    Setting("AUTOGOLF_LOOP", "", "1: the run was started by the agent loop (agent/launch.py sets it for "
+            "the agent): harness files that differ from HEAD are restored from HEAD before the run, "
+            "instead of the run refusing (config_error)", "run/orchestrator"),
+    Setting("AUTOGOLF_RESTORED", "", "set by the harness for itself only: '<pid> <json>' of what it "
+            "restored from HEAD before it re-executed itself on the restored code", "run/orchestrator"),
     Setting("AUTOGOLF_MIN_IMPROVEMENT", "0.002", "the smallest val_bpb drop that counts as an "
             "improvement", "judge/verdict"),
     # --- data (just bootstrap)

@@ -28,7 +28,10 @@ import time
 
 import psutil
 
+from pathlib import Path
+
 from autogolf import settings
+from autogolf.judge import protected
 from autogolf.textutil import sayer
 from autogolf.run import runlock
 from autogolf.agent import launch, session
@@ -60,15 +63,63 @@ def _wait(predicate, seconds: float) -> bool:
     return predicate()
 
 
-def uncommitted_changes() -> list[str] | None:
-    """What `git status` lists (None outside a git checkout). pi-autoresearch's keep commits
-    everything (`git add -A`) and its discard reverts everything: a loop started on a dirty
-    tree would sweep the user's own work into its first experiment."""
+def uncommitted_entries() -> list[tuple[str, str]] | None:
+    """(XY status, path) of what `git status --porcelain` lists (None outside a git
+    checkout). pi-autoresearch's keep commits everything (`git add -A`): a loop started on a
+    dirty tree would sweep the user's own work into its first experiment."""
     out = subprocess.run(["git", "-C", str(session.REPO_ROOT), "status", "--porcelain"],
                          capture_output=True, text=True)
     if out.returncode != 0:
         return None
-    return [line[3:] for line in out.stdout.splitlines() if line.strip()]
+    return [(line[:2], line[3:]) for line in out.stdout.splitlines() if line.strip()]
+
+
+def uncommitted_changes() -> list[str] | None:
+    entries = uncommitted_entries()
+    return None if entries is None else [name for _, name in entries]
+
+
+def spared_by_discard(name: str) -> bool:
+    """pi-autoresearch 1.6.0's discard (`git checkout -- .` and `git clean -fd`) excludes
+    `**/autoresearch.*` and `**/.auto/**` (see /work/shared/spec/agent-loop.md): such a path
+    is never reverted by it."""
+    return any(part == ".auto" or part.startswith("autoresearch.") for part in Path(name.rstrip("/")).parts)
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+
+
+def dirty_tree_message(entries: list[tuple[str, str]], other_agent: bool) -> str:
+    """Why a dirty tree is refused, true for every file it names: harness files are restored
+    from HEAD by the first benchmark (run/orchestrator.py, under the loop); of the rest,
+    pi-autoresearch's discard never reverts autoresearch.* and .auto/, and cannot undo a
+    staged change (it checks the working tree out from the index); the others its keep
+    commits and its discard reverts."""
+    def target(name: str) -> str:  # a rename is listed as "old -> new"
+        return name.split(" -> ")[-1]
+
+    harness = [n for _, n in entries if protected.is_harness_path(target(n))]
+    rest = [(xy, n) for xy, n in entries if n not in harness]
+    spared = [n for _, n in rest if spared_by_discard(target(n))]
+    staged = [n for xy, n in rest if n not in spared and xy[0] not in " ?"]
+    reverted = [n for _, n in rest if n not in spared and n not in staged]
+    parts = [f"the working tree has uncommitted changes ({_listed([n for _, n in entries])})"]
+    if harness:
+        parts.append(f"the first benchmark would restore the harness files {_listed(harness)} from HEAD")
+    if other_agent and rest:
+        parts.append(f"the agent (AUTOGOLF_AGENT_CMD) may commit or revert {_listed([n for _, n in rest])}")
+    elif not other_agent:
+        if reverted:
+            parts.append(f"the agent's first keep would commit {_listed(reverted)} and its first discard "
+                         f"would revert them (new files deleted)")
+        if staged:
+            parts.append(f"its first keep would commit {_listed(staged)}, and no discard would undo what "
+                         f"is staged there (it checks the working tree out from the index)")
+        if spared:
+            parts.append(f"its first keep would commit {_listed(spared)} and nothing would revert them "
+                         f"(pi-autoresearch's discard spares autoresearch.* and .auto/)")
+    return "; ".join(parts) + "; commit or stash them first (AUTOGOLF_ALLOW_DIRTY=1 starts anyway)"
 
 
 def start() -> int:
@@ -104,16 +155,13 @@ def start() -> int:
             session.log_event("breaker_reset", "started again by `just autoresearch`")
         command = "bash scripts/tmux-pi-autoresearch.sh"
         if sess is None:
-            changes = uncommitted_changes()
-            if changes is None:
+            entries = uncommitted_entries()
+            if entries is None:
                 say(f"{session.REPO_ROOT} is not a git checkout: pi-autoresearch keeps and discards "
                     f"experiments with git; clone the repository, then start again")
                 return 2
-            if changes and settings.get("AUTOGOLF_ALLOW_DIRTY") != "1":
-                say(f"the working tree has uncommitted changes ({', '.join(changes[:5])}"
-                    f"{', ...' if len(changes) > 5 else ''}): the agent's first keep would commit them "
-                    f"and its first discard would revert them; commit or stash them first "
-                    f"(AUTOGOLF_ALLOW_DIRTY=1 starts anyway)")
+            if entries and settings.get("AUTOGOLF_ALLOW_DIRTY") != "1":
+                say(dirty_tree_message(entries, bool(settings.get("AUTOGOLF_AGENT_CMD").strip())))
                 return 2
             server.new_session(session_name=name, window_name=session.SUPERVISOR_WINDOW,
                                window_command=command, start_directory=str(session.REPO_ROOT),

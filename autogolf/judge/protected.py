@@ -100,6 +100,74 @@ def data_patterns_for(dataset_dir: Path | None, tokenizer_path: Path | None, roo
     return patterns
 
 
+# --------------------------------------------------------------------------- drift from HEAD
+
+def is_harness_path(rel: str) -> bool:
+    """Whether a repository-relative path is a harness file (HARNESS_PATTERNS)."""
+    rel = rel.strip().rstrip("/") + ("/" if rel.strip().endswith("/") else "")
+    return any(rel == p or (p.endswith("/") and (rel.startswith(p) or rel + "/" == p))
+               for p in HARNESS_PATTERNS)
+
+
+def _git_lines(root: Path, *args: str) -> list[str] | None:
+    """NUL-separated output of a git command (None when it fails: not a git checkout).
+    Literal pathspecs, so a file named with * or ? is only itself."""
+    out = subprocess.run(["git", "-C", str(root), *args], capture_output=True,
+                         env=dict(os.environ, GIT_LITERAL_PATHSPECS="1"), timeout=60)
+    if out.returncode != 0:
+        return None
+    return [part for part in out.stdout.decode("utf-8", errors="surrogateescape").split("\0") if part]
+
+
+def head_drift(root: Path = REPO_ROOT) -> tuple[list[str], list[str]]:
+    """(changed, added): harness files whose content (index or working tree) differs from
+    HEAD's -- modified, deleted or retyped -- and files in harness locations that HEAD does
+    not have (untracked, or staged as new). Both empty outside a git checkout or without a
+    HEAD. Data files are not in git: the manifest and the checks watch those."""
+    pathspecs = [p.rstrip("/") for p in HARNESS_PATTERNS]
+    status = _git_lines(root, "diff", "HEAD", "--name-status", "-z", "--no-renames", "--", *pathspecs)
+    untracked = _git_lines(root, "ls-files", "--others", "--exclude-standard", "-z", "--", *pathspecs)
+    if status is None or untracked is None:
+        return [], []
+    changed, added = [], list(untracked)
+    for code, name in zip(status[0::2], status[1::2]):  # "-z --name-status": code NUL name NUL
+        (added if code.startswith("A") else changed).append(name)
+    return sorted(set(changed)), sorted(set(added))
+
+
+def restore_command(changed: list[str], added: list[str]) -> str:
+    """The one shell command that puts the harness back to HEAD: the changed files checked
+    out from HEAD (index and working tree), the added ones removed (from the index too)."""
+    import shlex
+
+    parts = []
+    if changed:
+        parts.append("git checkout HEAD -- " + " ".join(shlex.quote(n) for n in changed))
+    if added:
+        parts.append("git rm -q -r -f --cached --ignore-unmatch -- " + " ".join(shlex.quote(n) for n in added)
+                     + " && rm -f -- " + " ".join(shlex.quote(n) for n in added))
+    return " && ".join(parts)
+
+
+def restore_from_head(root: Path, changed: list[str], added: list[str]) -> str | None:
+    """Do what restore_command says, with git. None when done, else git's complaint."""
+    steps = []
+    if changed:
+        steps.append(["checkout", "HEAD", "--", *changed])
+    if added:
+        steps.append(["rm", "-q", "-r", "-f", "--cached", "--ignore-unmatch", "--", *added])
+    for args in steps:
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                             env=dict(os.environ, GIT_LITERAL_PATHSPECS="1"), timeout=120)
+        if out.returncode != 0:
+            return f"git {' '.join(args[:2])} failed: {out.stderr.strip()[:300]}"
+    for name in added:
+        path = Path(root) / name
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+    return None
+
+
 def manifest_path(root: Path = REPO_ROOT) -> Path:
     return Path(root) / MANIFEST_RELPATH
 

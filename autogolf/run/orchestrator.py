@@ -35,6 +35,7 @@ Timing, precisely (all in the ledger row's "timing"; wall excludes waiting for t
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import secrets
@@ -51,6 +52,7 @@ from autogolf.data.cache import CacheError, resolve_dataset, verify_cache
 from autogolf.data.shards import ShardError
 from autogolf.fsutil import file_sha256
 from autogolf.judge import ledger, repeats, verdict
+from autogolf.judge import protected
 from autogolf.judge.protected import ensure_manifest, harness_digest, manifest_digest
 from autogolf.measure import logparse, metrics, score
 from autogolf.paths import REPO_ROOT
@@ -144,6 +146,62 @@ def glob_escape(text: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", text)
 
 
+# --------------------------------------------------------------------------- the harness at HEAD
+
+def _names(names: list[str], limit: int = 8) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _restored_record() -> dict | None:
+    """What this process restored before it re-executed itself (AUTOGOLF_RESTORED). Trusted
+    only with this pid: exec keeps the pid, so a value inherited from any other process
+    (an outer run, the agent's environment) is ignored."""
+    pid, _, text = settings.get("AUTOGOLF_RESTORED").partition(" ")
+    if pid != str(os.getpid()):
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _refuse(reason: str) -> int:
+    say(f"autoresearch: config_error: {reason}")
+    say(verdict.format_line(verdict.not_judged(f"config_error: {one_line(reason, 300)}")))
+    return EXIT_CODES["config_error"]
+
+
+def _harness_at_head(argv: list[str]) -> tuple[dict | None, int | None]:
+    """(what was restored from HEAD before this run, or None; an exit code when the run must
+    not start). Harness files (judge/protected.py) that differ from HEAD are the agent's
+    edits of the evaluation. Under the loop (AUTOGOLF_LOOP=1) they are restored and this
+    process re-executes itself, since the code it already imported may be the edited code;
+    the new process records what was restored (AUTOGOLF_RESTORED). Outside the loop the
+    run refuses, printing the one command that restores them: a person decides."""
+    changed, added = protected.head_drift(REPO_ROOT)
+    if not changed and not added:
+        return _restored_record(), None
+    names, command = changed + added, protected.restore_command(changed, added)
+    if settings.get("AUTOGOLF_LOOP") != "1":
+        return None, _refuse(f"harness files differ from HEAD ({_names(names)}): the evaluation is "
+                             f"not the experiment's to change. Restore them with: {command}   (a "
+                             f"deliberate harness change: commit it, then `just protect`)")
+    if _restored_record() is not None:  # restored once already and still different: no exec loop
+        return None, _refuse(f"harness files still differ from HEAD after a restore ({_names(names)}); "
+                             f"restore them by hand: {command}")
+    problem = protected.restore_from_head(REPO_ROOT, changed, added)
+    if problem:
+        return None, _refuse(f"could not restore the harness files from HEAD ({_names(names)}): {problem}")
+    say(f"autoresearch: restored {len(names)} protected file(s) from HEAD before the run "
+        f"(AUTOGOLF_LOOP=1): {_names(names)}; restarting on the restored harness")
+    os.environ["AUTOGOLF_RESTORED"] = f"{os.getpid()} {json.dumps({'files': changed, 'removed': added})}"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "autogolf.run", *argv])
+    return None, EXIT_CODES["harness_error"]  # not reached
+
+
 # --------------------------------------------------------------------------- the run's state
 
 @dataclass
@@ -201,7 +259,8 @@ class RunState:
         return self.logs_dir / "views" / self.run_id
 
 
-def _begin(profile_name: str, run_id: str, repeat: dict | None, stop: StopFlag) -> RunState:
+def _begin(profile_name: str, run_id: str, repeat: dict | None, stop: StopFlag,
+           restored: dict | None = None) -> RunState:
     """The run's state and its first ledger entry: in the ledger from the first moment, so
     even a kill -9 of this process leaves a trace (the next run or `just ledger` records it
     as lost); earlier lost runs are settled now."""
@@ -215,6 +274,8 @@ def _begin(profile_name: str, run_id: str, repeat: dict | None, stop: StopFlag) 
                  "console_path": str(state.console_path.relative_to(REPO_ROOT))}
     if repeat:
         state.row["repeat"] = {k: repeat[k] for k in ("group", "index", "of", "seed")}
+    if restored:  # every row of the group: the restore came before all of them
+        state.row["restored_from_head"] = restored
     ledger.reconcile(state.ledger_path)
     ledger.append_start(run_id, state.ledger_path, profile=profile_name, started_epoch=round(process_start, 3),
                         log_path=state.row["log_path"], console_path=state.row["console_path"],
@@ -529,10 +590,11 @@ def _report(state: RunState) -> int:
     return code
 
 
-def run_one(profile_name: str, run_id: str, repeat: dict | None, stop: StopFlag) -> int:
+def run_one(profile_name: str, run_id: str, repeat: dict | None, stop: StopFlag,
+            restored: dict | None = None) -> int:
     """One benchmark run (one repeat of REPEATS): its steps, then -- with signals deferred --
     the ledger row, always, and its printed lines."""
-    state = _begin(profile_name, run_id, repeat, stop)
+    state = _begin(profile_name, run_id, repeat, stop, restored)
     try:
         for step in RUN_STEPS:
             step(state)
@@ -553,6 +615,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default=None,
                         help="benchmark profile from autogolf/run/profiles.toml (default: $PROFILE, else breadth)")
     args = parser.parse_args(argv)
+    restored, refused = _harness_at_head(sys.argv[1:] if argv is None else list(argv))
+    if refused is not None:
+        return refused
     profile_name = args.profile or os.environ.get("PROFILE") or profiles.DEFAULT_PROFILE
     run_id = os.environ.get("RUN_ID") or \
         f"{time.strftime('%Y%m%d-%H%M%S')}-{profile_name}-{secrets.token_hex(2)}"
@@ -567,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     stop.install()
     code = 0
     for repeat in plan:
-        code = run_one(profile_name, repeat["run_id"] if repeat else run_id, repeat, stop)
+        code = run_one(profile_name, repeat["run_id"] if repeat else run_id, repeat, stop, restored)
         if stop.signal is not None or (repeat and code != 0):
             break  # interrupted, or a repeat failed: its own lines say why
     return code

@@ -109,6 +109,17 @@ def _vs_best(v: dict) -> str:
     return f" vs_best={v['delta']:+.4f} {word}(min {minimum})"
 
 
+def restored_label(row: dict) -> str:
+    """` restored_from_head=a,b` when the run restored harness files before it started
+    (under the loop, run/orchestrator.py), so the agent and its log see it on the summary."""
+    record = row.get("restored_from_head") or {}
+    names = list(record.get("files") or []) + list(record.get("removed") or [])
+    if not names:
+        return ""
+    shown = ",".join(names[:5]) + (f",+{len(names) - 5}more" if len(names) > 5 else "")
+    return f" restored_from_head={shown}"
+
+
 def print_summary(status: str, reason: str, row: dict, printed: dict, dataset_label: str,
                   wall: float, train_s: float, trainer_s: float, budget: str) -> None:
     """The METRIC lines (none for an integrity failure: the harness disowns its numbers),
@@ -127,8 +138,8 @@ def print_summary(status: str, reason: str, row: dict, printed: dict, dataset_la
             f"headroom={m['artifact_headroom_bytes']:,} wall={wall:.1f}s train={train_s:.1f}s "
             f"overhead={m['harness_overhead_pct']:.1f}% (harness {wall - trainer_s:.1f}s)"
             f" harness_score=agrees(|diff|={row['harness_score']['abs_diff']:.1e})"
-            f" {budget}{overrides} log={row['log_path']}")
+            f" {budget}{overrides}{restored_label(row)} log={row['log_path']}")
     else:
         say(f"autoresearch: {status} profile={profile_name} dataset={dataset_label} "
-            f"wall={wall:.1f}s {budget} log={row['console_path']} reason: {one_line(reason)}")
+            f"wall={wall:.1f}s {budget}{restored_label(row)} log={row['console_path']} reason: {one_line(reason)}")
     say(verdict.format_line(row["verdict"]))
