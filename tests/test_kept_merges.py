@@ -63,7 +63,7 @@ def test_a_version_a_merge_introduced_is_kept_after_head_moved_on(tmp_path):
 def test_the_verdict_compares_a_run_of_a_merged_version_with_its_kept_run(tmp_path):
     repo, shas = history_with_merges(tmp_path)
     earlier = {"run_id": "a", "status": "ok", "profile": "smoke", "metrics": {"val_bpb": 2.5},
-               "trainer": {"sha256": shas["merged"]}, "checks": {"passed": True}}
+               "trainer": {"sha256": shas["merged"]}, "checks": {"passed": True}, "verdict": {"call": "keep"}}
     rerun = {"run_id": "b", "status": "ok", "profile": "smoke", "metrics": {"val_bpb": 2.49},
              "trainer": {"sha256": shas["merged"]}}
     verdict = V.for_run(rerun, [earlier], repo)

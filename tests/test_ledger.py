@@ -52,29 +52,26 @@ def test_reader_skips_corrupt_and_partial_lines(tmp_path):
     assert "skipped 4 corrupt" in out.stderr
 
 
-def test_table_marks_new_bests_per_profile_and_dataset(tmp_path):
+def test_table_marks_new_bests_among_kept_runs(tmp_path):
     path = tmp_path / "runs.jsonl"
     data = {"name": "synth", "fingerprint": "f1"}
-    for run_id, status, profile, bpb in [
-        ("r1", "ok", "breadth", 2.0),
-        ("r2", "ok", "breadth", 2.1),     # worse
-        ("r3", "crash", "breadth", None),
-        ("r4", "ok", "smoke", 5.0),       # other profile: its own first best
-        ("r5", "ok", "breadth", 1.9),     # new best
-        ("r6", "cap_violation", "breadth", 1.0),  # not a valid result
+    for run_id, status, profile, bpb, sha, call in [
+        ("r1", "ok", "breadth", 2.0, "k", "keep"),
+        ("r2", "ok", "breadth", 2.1, "k", "discard"),     # worse
+        ("r3", "crash", "breadth", None, "k", "discard"),
+        ("r4", "ok", "smoke", 5.0, "k", "keep"),          # other profile: its own first best
+        ("r5", "ok", "breadth", 1.9, "k", "keep"),        # new best
+        ("r6", "cap_violation", "breadth", 1.0, "k", "discard"),  # not a valid result
+        ("r7", "ok", "breadth", 1.8, "never-committed", "keep"),  # reverted: not kept
+        ("r8", "ok", "breadth", 1.7, "k", "discard"),     # committed code, VERDICT discard: not kept
     ]:
         metrics = {"val_bpb": bpb, "total_bytes": 1234} if bpb is not None else {}
         ledger.append({"run_id": run_id, "status": status, "profile": profile, "dataset": data,
+                       "trainer": {"sha256": sha}, "verdict": {"call": call},
                        "metrics": metrics, "wall_seconds": 12.5}, path)
-    rows, _ = ledger.read(path)
-    assert ledger.best_markers(rows) == [True, False, False, True, True, False]
-    out = subprocess.run([sys.executable, "-m", "autogolf.judge.ledger", "--path", str(path), "--last", "3"],
-                         cwd=REPO, capture_output=True, text=True, check=True).stdout
-    lines = [l for l in out.splitlines() if re.match(r"r\d ", l)]
-    assert [l.split()[0] for l in lines] == ["r4", "r5", "r6"]
-    assert "1.900000*" in lines[1] and "*" not in lines[2].split()[4]
-
-
+        ledger.append_checks(run_id, True, [], path)
+    rows = ledger.runs(path)
+    assert ledger.best_markers(rows, {"k"}) == [True, False, False, True, True, False, False, False]
 def test_git_info_tracks_binary_diffs(tmp_path):
     def git(*args):
         subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)

@@ -11,10 +11,11 @@ from autogolf.lab import report
 from test_verdict import _git, trainer_repo
 
 
-def _row(run_id, profile, sha, val, status="ok", holdout=None, total=1_500_000, group=None):
+def _row(run_id, profile, sha, val, status="ok", holdout=None, total=1_500_000, group=None, call="keep"):
+    # a VERDICT keep (and checks that pass, below): "kept" turns on whether the trainer was committed
     row = {"record": "run", "run_id": run_id, "status": status, "profile": profile,
            "started_at": run_id, "dataset": {"name": "tiny", "fingerprint": "fp"},
-           "trainer": {"sha256": sha}, "overrides": {},
+           "trainer": {"sha256": sha}, "overrides": {}, "verdict": {"call": call},
            "metrics": {} if val is None else {"val_bpb": val, "total_bytes": total, "tok_s": 1000.0}}
     if holdout is not None:
         row["holdout"] = {"val_bpb": holdout, "tokens": 4096, "slice": "test"}
@@ -36,6 +37,7 @@ def test_report_table_png_and_html(tmp_path, capsys):
             _row("e", "smoke", kept, 4.1, total=300_000), _row("f", "smoke", "other", 4.2)]
     for row in rows:
         ledger.append(row, path)
+        ledger.append_checks(row["run_id"], True, [], path)  # fold takes the checks from these lines
     assert report.main(["--path", str(path), "--repo", str(repo)]) == 0
     out = capsys.readouterr().out
     line = next(l for l in out.splitlines() if l.startswith("breadth "))

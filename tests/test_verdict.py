@@ -16,13 +16,14 @@ from autogolf.judge import verdict as V
 SIGMA = 0.01  # run-to-run noise of the synthetic ledgers (autoresearch-mlx saw 0.03 on Macs)
 
 
-def run_row(run_id, sha, val_bpb, *, group=None, seed=None, tok_s=1000.0, checks=True, **extra):
+def run_row(run_id, sha, val_bpb, *, group=None, seed=None, tok_s=1000.0, checks=True, call="keep", **extra):
     row = {"run_id": run_id, "status": "ok", "profile": "breadth", "dataset": {"fingerprint": "fp"},
            "budget": {"kind": "tokens", "value": 294912, "source": "profile"},
            "machine": {"hostname": "h", "machine": "x86_64", "cpu_count": 2},
            "settings": {"TRAIN_BUDGET_TOKENS": "294912", "RUN_ID": run_id}, "overrides": {},
            "trainer": {"sha256": sha}, "metrics": {"val_bpb": val_bpb, "tok_s": tok_s},
-           "checks": None if checks is None else {"passed": checks, "problems": [], "at": "t"}}
+           "checks": None if checks is None else {"passed": checks, "problems": [], "at": "t"},
+           "verdict": {"call": call}}  # the history's runs were called keep unless a test says not
     if seed is not None:
         row["settings"]["SEED"] = str(seed)
     if group:

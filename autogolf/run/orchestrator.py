@@ -195,10 +195,10 @@ def _harness_at_head(argv: list[str]) -> tuple[dict | None, int | None]:
         return None, _refuse(f"could not restore the harness files from HEAD ({_names(names)}): {problem}")
     say(f"autoresearch: restored {len(names)} protected file(s) from HEAD before the run "
         f"(AUTOGOLF_LOOP=1): {_names(names)}; restarting on the restored harness")
-    os.environ["AUTOGOLF_RESTORED"] = f"{os.getpid()} {json.dumps({'files': changed, 'removed': added})}"
+    env = dict(os.environ, AUTOGOLF_RESTORED=f"{os.getpid()} {json.dumps({'files': changed, 'removed': added})}")
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-m", "autogolf.run", *argv])
+    os.execve(sys.executable, [sys.executable, "-m", "autogolf.run", *argv], env)
     return None, EXIT_CODES["harness_error"]  # not reached
 
 
