@@ -6,6 +6,8 @@ data so a fresh clone tests it too."""
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from autoresearch_helpers import (summary_line, bench_env, ledger_rows, make_project, make_synth_dataset,
@@ -97,21 +99,39 @@ def test_untampered_run_agrees_and_scores_the_holdout(project, data, tmp_path):
           f"|diff| {score['abs_diff']:.2e}; holdout {holdout['val_bpb']:.4f}; scoring {score['seconds']:.2f} s")
 
 
-def test_holdout_is_scored_for_improving_runs_only_unless_asked(project, data, tmp_path):
-    """After the untampered run above, the same code again does not improve: no holdout
-    score, unless AUTOGOLF_HOLDOUT=every; then it equals the first run's (deterministic)."""
+def no_learning(text: str) -> str:
+    # a learning rate of 0: the same model, untrained, so a clearly worse val_bpb
+    return edit(text, '        if self.warmdown_iters <= 0 or self.warmdown_frac <= 0:\n            return 1.0\n',
+                '        return 0.0\n')
+
+
+def test_holdout_is_scored_only_for_runs_that_could_be_kept(project, data, tmp_path):
+    """The untampered run above passes its checks, so it is kept (VERDICT keep as the
+    baseline, checks passed, its trainer committed). A worse run -- an untrained model --
+    cannot be kept: no holdout score, unless AUTOGOLF_HOLDOUT=every; a rerun of the kept
+    code is not worse, so it could be kept: its holdout is scored, equal to the first's."""
     first = [r for r in ledger_rows(project) if r["status"] == "ok" and r["dataset"]["dir"] == str(data[0])]
     assert first and first[-1]["holdout"]["val_bpb"] > 0
+    checks = subprocess.run(["bash", "autoresearch.checks.sh"], cwd=project, capture_output=True, text=True)
+    assert checks.returncode == 0, checks.stdout[-2000:]
+    out, row = run(project, data, tmp_path, no_learning)
+    assert out.returncode == 0 and row["metrics"]["val_bpb"] > first[-1]["metrics"]["val_bpb"] + 0.002
+    assert row["holdout"]["val_bpb"] is None
+    assert row["holdout"]["slice"].startswith("not scored: val_bpb") and "worse than the best kept" in row["holdout"]["slice"]
+    out, row = run_every(project, data, tmp_path, no_learning)
+    assert out.returncode == 0 and row["holdout"]["val_bpb"] > 0
     out, row = run(project, data, tmp_path)
-    assert out.returncode == 0 and row["holdout"]["val_bpb"] is None
-    assert row["holdout"]["slice"].startswith("not scored: not an improving run")
-    out, row = run_every(project, data, tmp_path)
     assert out.returncode == 0 and row["holdout"]["val_bpb"] == first[-1]["holdout"]["val_bpb"]
 
 
-def run_every(project, data, tmp_path):
+def run_every(project, data, tmp_path, trainer_edit=None):
     dataset, tokenizer = data
-    out = run_bench(project, bench_env(dataset, tokenizer, tmp_path / "lock", AUTOGOLF_HOLDOUT="every"))
+    extra = {"AUTOGOLF_HOLDOUT": "every"}
+    if trainer_edit is not None:
+        path = tmp_path / "train_gpt_mlx_every.py"
+        path.write_text(trainer_edit((project / TRAINER).read_text(encoding="utf-8")), encoding="utf-8")
+        extra["AUTOGOLF_TRAINER"] = str(path)
+    out = run_bench(project, bench_env(dataset, tokenizer, tmp_path / "lock", **extra))
     return out, ledger_rows(project)[-1]
 
 
@@ -125,6 +145,8 @@ def test_tampered_trainer_is_caught(project, data, tmp_path, name):
     assert summary.startswith("autoresearch: integrity_failed profile=smoke") and expected in summary, summary
     assert "val_bpb" not in metric_lines(out.stdout)  # a disowned number is never a METRIC
     assert row["harness_score"]["trainer_val_bpb"] == row["metrics"]["val_bpb"]  # both numbers kept
+    # a failed run cannot be kept: its holdout is never scored, not even with AUTOGOLF_HOLDOUT=every
+    assert row["holdout"]["val_bpb"] is None and "failed the harness's integrity check" in row["holdout"]["slice"]
     if name != "raw_weights":
         assert isinstance(row["harness_score"]["val_bpb"], float)
     print(f"\n{name}: {summary.split('reason: ', 1)[1]}")

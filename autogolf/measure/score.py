@@ -240,7 +240,7 @@ def judge(result: dict | None, error: str | None, trainer_bpb: float | None) -> 
 
 
 def holdout_record(result: dict | None, view: dict, failure: str | None = None) -> dict | None:
-    if failure is not None and view and view.get("holdout"):
+    if failure is not None and view:  # whatever was asked: a failed run has no holdout
         return {"val_bpb": None, "slice": "not scored: the run failed the harness's integrity check, "
                                           "so it cannot be kept"}
     if result is None or "holdout" not in result:
