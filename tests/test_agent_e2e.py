@@ -3,11 +3,12 @@ supervisor in tmux, running our benchmark and checks on the real trainer. Only t
 is a stand-in: a scripted OpenAI-compatible server on loopback (tests/scripted_model.py).
 
 The script: init, a baseline kept, a command other than the benchmark (refused), a trainer edit
-discarded, a protected-file edit that fails the checks, a rerun discarded. Then the model server
+discarded, a protected-file edit that the next benchmark restores from HEAD before it runs (the
+loop's AUTOGOLF_LOOP=1: it says so on its summary line and in its ledger row), a rerun discarded. Then the model server
 is stopped mid-loop: pi's requests fail, the supervisor restarts pi, and when the server is back
 the loop carries on from pi-autoresearch's log. (The guard, agent/guard, refuses a keep the
 VERDICT does not back, so the reruns of unchanged code are logged as discards; the protected-file
-edit hides the file's name from the guard's pattern check, so the checks are what catch it.)
+edit hides the file's name from the guard's pattern check, so the harness's restore is what undoes it.)
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ SCRIPT = [
                                         "description": "trainer note, no gain"}},
     {"tool": "bash", "args": {"command": "python3 -c \"p = 'READ' + 'ME.md'; open(p, 'a').write('scripted-model-was-here')\""}},
     {"tool": "run_experiment", "args": {"command": SMOKE}},
-    {"tool": "log_experiment", "args": {"commit": "0000000", "metric": "{metric:val_bpb}", "status": "checks_failed",
-                                        "description": "edited a protected file"}},
+    {"tool": "log_experiment", "args": {"commit": "0000000", "metric": "{metric:val_bpb}", "status": "discard",
+                                        "description": "edited a protected file: the run restored it"}},
     {"tool": "run_experiment", "args": {"command": SMOKE}},
     {"tool": "log_experiment", "args": {"commit": "0000000", "metric": "{metric:val_bpb}", "status": "discard",
                                         "description": "rerun before the outage"}},
@@ -118,17 +119,19 @@ def test_real_pi_loop_under_the_supervisor_survives_a_model_outage(tmp_path, cor
     print("status during the loop:\n" + screen)
 
     # pi-autoresearch's own log: the loop went on from it after the restart
-    assert [e["status"] for e in entries] == ["keep", "discard", "checks_failed", "discard", "discard"]
+    assert [e["status"] for e in entries] == ["keep", "discard", "discard", "discard", "discard"]
     assert entries[-1]["description"] == "after the restart" and entries[-1]["run"] == 5
     # the command that is not the benchmark was refused
     refused = [r for r in server.requests() if r["turn"] == 4]
     assert refused and "run_experiment runs only the benchmark" in refused[0]["last"]
-    # our ledger: every benchmark run, with the checks' verdicts; the README edit failed them
+    # our ledger: every benchmark run, with the checks' verdicts; the run after the README edit
+    # restored it from HEAD before it started, so it ran on the real harness and passed them
     ok_runs = [r for r in runs if r["status"] == "ok"]
     assert len(ok_runs) == 5, [(r["run_id"], r["status"]) for r in runs]
-    assert [(r["checks"] or {}).get("passed") for r in ok_runs] == [True, True, False, True, True]
-    assert "README.md" in " ".join(ok_runs[2]["checks"]["problems"])
-    # the discards reverted the trainer notes and the README edit
+    assert [(r["checks"] or {}).get("passed") for r in ok_runs] == [True, True, True, True, True]
+    assert ok_runs[2]["restored_from_head"] == {"files": ["README.md"], "removed": []}
+    assert not any(r.get("restored_from_head") for i, r in enumerate(ok_runs) if i != 2)
+    # the discards reverted the trainer notes; the run had restored the README
     trainer = (project / "benchmark" / "train_gpt_mlx.py").read_text()
     assert "the discard must revert" not in trainer and "the discard reverts" not in trainer
     assert "scripted-model-was-here" not in (project / "README.md").read_text()
