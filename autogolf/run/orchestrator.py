@@ -11,7 +11,12 @@ the ledger logs/runs.jsonl, and print the METRIC lines followed by exactly one s
 Environment: AUTOGOLF_TRAINER (trainer script), AUTOGOLF_TIMEOUT (seconds, default the
 profile's), AUTOGOLF_KILL_GRACE_SECONDS (SIGTERM -> SIGKILL, default 10), AUTOGOLF_LOCK_PATH,
 AUTOGOLF_LOCK_WAIT_SECONDS (see runlock.py), RUN_ID, DATA_PATH / TOKENIZER_PATH (else the
-cache autogolf.data.cache.resolve_dataset picks).
+cache autogolf.data.cache.resolve_dataset picks), AUTOGOLF_LOOP (1 under the agent loop).
+
+Before anything else the harness files are compared with HEAD (judge/protected.py): under
+the loop the changed ones are restored from HEAD and the run goes on, on the restored code,
+with `restored_from_head` in its row and on its summary line; outside it the run refuses
+(config_error) and prints the command that restores them.
 
 Exit status: 0 only when a post-round-trip val_bpb under the artifact cap was produced.
   1 crash (trainer failed, or no val_bpb)   2 data cache, profile or setting problem (the
