@@ -26,7 +26,9 @@ Row fields (the orchestrator, autogolf/run/orchestrator.py, fills them):
   val_files, selection, holdout, ...} (autogolf/data/dataview.py), harness_score {val_bpb,
   val_loss, tokens, bytes, trainer_val_bpb, abs_diff, tolerance, probe, artifact_only,
   seconds, error?} and holdout {val_bpb, tokens, slice, seconds} (autogolf/measure/score.py),
-  budget {kind, value, variable, source}, verdict {call, delta, noise, ...}, and for
+  budget {kind, value, variable, source}, verdict {call, delta, noise, ...},
+  restored_from_head {files, removed} (harness files the run restored from HEAD before it
+  started, under the loop: autogolf/run/orchestrator.py), and for
   REPEATS=n repeat {group, index, of, seed} (the last one also repeats {...}); see
   autogolf/judge/ and autogolf/run/budget.py.
 
