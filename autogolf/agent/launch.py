@@ -17,6 +17,10 @@ in the environment, or AUTOGOLF_PI_PROVIDER / AUTOGOLF_PI_MODEL. AUTOGOLF_PI_ARG
 
 AUTOGOLF_AGENT_CMD runs another CLI agent instead (through `bash -c`): it gets the same message
 in $AUTOGOLF_AGENT_MESSAGE and AUTOGOLF_AGENT_RESUME=1 on a restart.
+
+Either agent runs with AUTOGOLF_LOOP=1, the loop's marker: a benchmark it starts restores
+harness files that differ from HEAD before it runs (autogolf/run/orchestrator.py), where a
+run started by hand refuses.
 """
 
 from __future__ import annotations
