@@ -390,7 +390,7 @@ def build_cache(docs: Callable[[], Iterable[str]], *, name: str, data_root: Path
                     tmp = tokenizer_dest.with_name(f".{tokenizer_dest.stem}{suffix}.{os.getpid()}.partial")
                     shutil.copyfile(src, tmp)
                     os.replace(tmp, tokenizer_dest.with_suffix(suffix))
-        manifest = write_manifest(build_dir, tokenizer_dest, source=source, is_fineweb=is_fineweb,
+        manifest = write_manifest(build_dir, tokenizer_dest, source=source, is_fineweb=is_fineweb, final_dir=final_dir,
                                   extra={"val_docs": stats["docs"]["val"], "train_docs": stats["docs"]["train"],
                                          "shard_tokens": shard_tokens, **(extra or {})})
         if final_dir.exists():
