@@ -183,6 +183,7 @@ def run_trainer(cmd: list[str], env: dict, console_path: Path, timeout: float, g
                             pass_fds=(lock.fd,),  # a lingering trainer keeps the machine locked
                             preexec_fn=_die_with_parent(os.getpid()))
     lock.set_trainer_pid(proc.pid)
+    lock.note(trainer_started_at=round(started_at, 3), hard_timeout_at=round(started_at + timeout, 3))
     state: dict = {}
     reader = threading.Thread(target=_stream, args=(proc, console_path, state, on_line), daemon=True)
     reader.start()
