@@ -496,8 +496,14 @@ class Supervisor:
                 time.sleep(self.cfg.poll)
             if self.stop_signal is not None:
                 self.event("supervisor_stop", f"signal {signal.Signals(self.stop_signal).name}")
+        except Exception as e:
+            # logged where a person looks (the traceback goes only to the window); the window's
+            # restart loop starts a replacement, which says this one died
+            self.event("supervisor_crash", f"{type(e).__name__}: {e}"[:300])
+            raise
+        else:
+            self.state["supervisor_pid"] = None  # a clean stop: nothing died
         finally:
-            self.state["supervisor_pid"] = None
             self.state["stopped_at"] = session.now_iso()
             self.save()
             os.close(fd)
