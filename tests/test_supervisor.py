@@ -345,3 +345,26 @@ def test_a_dirty_tree_is_refused_before_the_agent_can_sweep_it_into_an_experimen
     assert out.returncode == 2
     assert "uncommitted changes (benchmark/train_gpt_mlx.py, notes.txt)" in out.stdout
     assert "commit or stash them first" in out.stdout and sessions(env) == []
+
+
+def test_status_shows_a_stalled_trainer_with_its_hard_timeout(project, env, tmp_path):
+    """A benchmark whose trainer printed nothing for 95 s (its console log's mtime), 25 s before
+    its hard timeout (the run lock says when), is stalled, not "starting"."""
+    flag = tmp_path / "finish-now"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import os, sys, time; from pathlib import Path; from autogolf.runlock import RunLock\n"
+        "lock = RunLock('hung-bench', Path(sys.argv[1])); lock.acquire(); now = time.time()\n"
+        "lock.set_trainer_pid(os.getpid()); lock.note(trainer_started_at=now - 100, hard_timeout_at=now + 25)\n"
+        "console = Path('logs/hung-bench.console.txt'); console.parent.mkdir(exist_ok=True)\n"
+        "console.write_text('step:1/4 train_loss:6.9\\n'); os.utime(console, (now - 95, now - 95))\n"
+        "print('held', flush=True)\n"
+        "while not Path(sys.argv[2]).exists(): time.sleep(0.1)"), env["AUTOGOLF_LOCK_PATH"], str(flag)],
+        cwd=project, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        screen = status(project, env)
+    finally:
+        flag.touch()
+        holder.wait(timeout=30)
+    assert re.search(r"stalled \(no output for 9[5-9] s; hard timeout in 2[0-5] s\)", screen), screen
+    assert "starting (no step yet)" not in screen
