@@ -368,3 +368,21 @@ def test_status_shows_a_stalled_trainer_with_its_hard_timeout(project, env, tmp_
         holder.wait(timeout=30)
     assert re.search(r"stalled \(no output for 9[5-9] s; hard timeout in 2[0-5] s\)", screen), screen
     assert "starting (no step yet)" not in screen
+
+
+def test_a_replacement_supervisor_keeps_a_rate_limit_wait(project, env):
+    """The supervisor dies while it waits out a rate limit: its replacement adopts the agent,
+    sees the error it stopped on, and retries at the same Retry-After."""
+    env.update(AUTOGOLF_AGENT_CMD=_failing_turn("429 Rate limit reached. Please try again in 8s."),
+               AUTOGOLF_RATE_LIMIT_WAIT_SECONDS="60")
+    assert loop(project, env, "start").returncode == 0
+    wait_for(lambda: any("restart_scheduled provider rate limit" in l for l in events(project)), 30, "the wait")
+    supervisor = int((project / "logs" / "agent" / "supervisor.lock").read_text().split()[0])
+    os.kill(supervisor, signal.SIGKILL)
+    wait_for(lambda: _starts(project, "restart: provider rate limit"), 30, "the retry")
+    log = events(project)
+    died = next(i for i, l in enumerate(log) if " supervisor_died " in l)
+    assert any(" agent_adopted agent pid" in l for l in log[died:]), log
+    failed = (project / "logs" / "agent" / "pi-sessions" / "p" / "s.jsonl").read_text().splitlines()[0]
+    failed_at = json.loads(failed)["message"]["timestamp"] / 1000
+    assert 7 <= _starts(project, "restart: provider rate limit")[0] - failed_at <= 12, log

@@ -307,6 +307,18 @@ class Supervisor:
             except psutil.Error:
                 pass
 
+    def adopt(self) -> None:
+        """An agent already running (a replacement supervisor): its replies since it started
+        are its own, so an error it stopped on before this supervisor came is still seen."""
+        _, pane = self.agent_pane()
+        if pane is None or pane.pane_dead == "1":
+            return
+        try:
+            self.watch.started = psutil.Process(int(pane.pane_pid)).create_time()
+        except (psutil.Error, TypeError, ValueError):
+            return
+        self.event("agent_adopted", f"agent pid {pane.pane_pid}, up {time.time() - self.watch.started:.0f} s")
+
     def end_agent_window(self, pane) -> None:
         """The loop stops: the agent's processes and its window go (the session ends with
         the supervisor's window)."""
@@ -486,6 +498,7 @@ class Supervisor:
                        f"({describe_exit(os.environ.get('AUTOGOLF_SUPERVISOR_EXIT'))}); replaced by pid {os.getpid()}",
                        restarts_carried=len(self.restarts))
         self.event("supervisor_start", f"session {self.name}", pid=os.getpid())
+        self.adopt()
         code = 0
         try:
             while self.stop_signal is None:
