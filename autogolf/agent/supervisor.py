@@ -464,7 +464,10 @@ class Supervisor:
             return True
         self.state.pop("deferred", None)
         if pane.pane_dead == "1":
-            status = pane.pane_dead_status or "?"
+            # a signal leaves no exit status; tmux >= 3.3 names the signal instead
+            signo = getattr(pane, "pane_dead_signal", None)
+            status = pane.pane_dead_status or (describe_exit(str(128 + int(signo))).split(" ", 2)[2]
+                                               if str(signo or "").isdigit() else "?")
             self.schedule_restart(f"agent exited (status {status})"
                                   + (" after a benchmark timeout" if bench.get("past_deadline") else ""))
         elif self.watch.restart_at is None or self.watch.restart_kind in PROVIDER_FAULTS:
