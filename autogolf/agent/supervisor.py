@@ -76,8 +76,8 @@ class Config:
     healthy: float = 300.0
     nudge_after: float = 900.0
     error_grace: float = 30.0
-    rate_limit_wait: float = 30.0        # the first probe after a provider fault
-    rate_limit_max_wait: float = 900.0   # the probes' growing wait stops growing here
+    rate_limit_wait: float = 30.0        # the first probe after a provider fault (AUTOGOLF_RATE_LIMIT_WAIT_SECONDS)
+    rate_limit_max_wait: float = 900.0   # the probes' wait grows up to this (AUTOGOLF_RATE_LIMIT_MAX_WAIT_SECONDS)
     breaker_restarts: int = 5
     breaker_window: float = 3600.0
     agent_cmd: str = "bash scripts/run-pi-autoresearch.sh"
@@ -494,6 +494,7 @@ class Supervisor:
             self.state["provider_wait"] = previous["provider_wait"]  # the same fault, the same backoff
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, lambda signum, frame: setattr(self, "stop_signal", signum))
+        # AUTOGOLF_SUPERVISOR_EXIT: the predecessor's exit status, set by the window's restart loop (unset: unknown)
         died = previous.get("supervisor_pid")
         if died and died != os.getpid():
             # It never wrote its stop (the state keeps its pid): it was killed or crashed.
