@@ -118,6 +118,10 @@ def kill_tree(proc: subprocess.Popen, grace: float) -> None:
                 pass
         if sig == signal.SIGKILL:
             break
+        try:  # a stopped (hung) trainer gets the SIGTERM now, not a grace later as a SIGKILL
+            os.killpg(proc.pid, signal.SIGCONT)
+        except (ProcessLookupError, PermissionError):
+            pass
         deadline = time.monotonic() + grace
         try:
             proc.wait(timeout=grace)
