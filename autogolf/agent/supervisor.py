@@ -159,6 +159,8 @@ def pi_last_reply(session_dir: Path = launch.SESSION_DIR) -> Reply:
         message = entry.get("message") if entry.get("type") == "message" else None
         if not isinstance(message, dict) or message.get("role") != "assistant":
             continue
+        if message.get("stopReason") == "aborted":
+            continue  # cut short (pi was ended mid-reply): says nothing about the provider
         at = _entry_time(entry, message, mtime)
         if message.get("stopReason") == "error":
             return Reply(str(message.get("errorMessage") or "unknown error"), at, mtime)
