@@ -318,13 +318,17 @@ class Soak:
             order.insert(0, "agent_kill")
         self.notes["order"] = order
         time.sleep(45)
-        for kind in order:
-            self.inject(kind)
+        while order:
+            self.inject(order.pop(0))
             self.report(t0)
             # the next fault 2-3 minutes after this one's start, and never before it is 30 s over
             last = self.faults[-1]
             time.sleep(max(30.0, last["start"] + self.rng.uniform(120, 180) - time.time(),
                            last["end"] + 30 - time.time()))
+            if not order and time.time() - t0 < self.minutes * 60 - 180:
+                order = FAULTS[:]  # time for more: another round, in another random order
+                self.rng.shuffle(order)
+                self.notes["order"] += order
         while time.time() - t0 < self.minutes * 60:
             time.sleep(5)
         final = self.status("final")
