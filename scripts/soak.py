@@ -182,7 +182,11 @@ class Soak:
     def status(self, name: str) -> str:
         at = time.strftime("%H:%M:%S")
         text = self.just("status").stdout
-        (self.out / f"status-{name}.txt").write_text(f"# `just status` at {at}\n{text}")
+        path = self.out / f"status-{name}.txt"
+        n = 2
+        while path.exists():  # a later round's transcript of the same fault: keep both
+            path, n = self.out / f"status-{name}-{n}.txt", n + 1
+        path.write_text(f"# `just status` at {at}\n{text}")
         self.log(f"status transcript: {name}")
         return text
 
@@ -280,7 +284,7 @@ class Soak:
         pid = self.supervisor_pid()
         start = time.time()
         os.kill(pid, signal.SIGKILL)
-        transcript = self.status(f"dead-supervisor-{len([f for f in self.faults if f['kind'] == 'supervisor_kill'])}")
+        transcript = self.status("dead-supervisor")
         back = wait_for(lambda: (lambda p: p if p and p != pid and not lock_is_free(
             self.project / "logs" / "agent" / "supervisor.lock") else None)(self.supervisor_pid()), 60,
             "the supervisor's replacement")
