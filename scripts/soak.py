@@ -217,11 +217,20 @@ class Soak:
         wait_for(lambda: lock_is_free(self.lock_path), limit, "no benchmark running")
 
     def wait_trainer(self, limit: float = 300) -> dict:
-        """Until a trainer runs, 2 s into it (mid-run); its lock info."""
-        info = wait_for(lambda: (lambda i: i if i.get("trainer_pid") and i.get("hard_timeout_at") else None)(
+        """Until a trainer runs (a smoke trainer lasts seconds: act at once); its lock info."""
+        return wait_for(lambda: (lambda i: i if i.get("trainer_pid") and i.get("hard_timeout_at") else None)(
             self.holder()), limit, "a trainer running")
-        time.sleep(2)
-        return self.holder() or info
+
+    def signal_mid_run(self, key: str, sig: int) -> tuple[dict, float]:
+        """Send sig to the running benchmark's trainer_pid or pid (its orchestrator); a run
+        that ended just before is followed by the next one."""
+        while True:
+            info = self.wait_trainer()
+            try:
+                os.kill(int(info[key]), sig)
+                return info, time.time()
+            except ProcessLookupError:
+                time.sleep(0.2)
 
     def counted(self) -> dict:
         state = self.state()
@@ -263,15 +272,11 @@ class Soak:
         return record
 
     def harness_kill(self) -> dict:
-        info = self.wait_trainer()
-        start = time.time()
-        os.kill(int(info["pid"]), signal.SIGKILL)
+        info, start = self.signal_mid_run("pid", signal.SIGKILL)
         return {"start": start, "end": start, "run_id": info.get("run_id"), "pid": info["pid"]}
 
     def hung_trainer(self) -> dict:
-        info = self.wait_trainer()
-        start = time.time()
-        os.kill(int(info["trainer_pid"]), signal.SIGSTOP)
+        info, start = self.signal_mid_run("trainer_pid", signal.SIGSTOP)
         hard = float(info["hard_timeout_at"])
         record = {"start": start, "end": hard, "run_id": info.get("run_id"), "hard_timeout_at": hard}
         # past the stall limit (60 s for smoke), before the hard timeout (120 s)
