@@ -104,3 +104,7 @@ checks:
 # re-record the hashes of the protected files (after a deliberate harness or data change)
 protect:
     {{py}} -m autogolf.judge.checks --protect
+
+# the loop under faults for MINUTES (real pi, scripted model, smoke profile): report and `just status` transcripts in /tmp/autogolf-soak-*
+soak MINUTES="25" *ARGS:
+    {{py}} scripts/soak.py {{MINUTES}} {{ARGS}}

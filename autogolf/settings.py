@@ -95,8 +95,16 @@ _DECLARED = (
             "agent/supervisor"),
     Setting("AUTOGOLF_ERROR_GRACE_SECONDS", "30", "quiet seconds after a failed pi reply before a restart",
             "agent/supervisor"),
-    Setting("AUTOGOLF_RATE_LIMIT_WAIT_SECONDS", "300", "wait after a provider rate limit, then restart",
-            "agent/supervisor"),
+    Setting("AUTOGOLF_RATE_LIMIT_WAIT_SECONDS", "30", "the first probe after a provider fault (a rate "
+            "limit without Retry-After, an outage); the probes' wait then grows", "agent/supervisor"),
+    Setting("AUTOGOLF_RATE_LIMIT_MAX_WAIT_SECONDS", "900", "the longest wait between two probes of a "
+            "provider that keeps failing", "agent/supervisor"),
+    Setting("AUTOGOLF_STALL_SECONDS", "", "silence after which `just status` calls a trainer stalled "
+            "(default: max(60, a quarter of its hard timeout))", "agent/status"),
+    Setting("AUTOGOLF_SUPERVISOR_EXIT", "", "set by the supervisor window's restart loop: the exit "
+            "status of the supervisor it replaces", "agent/supervisor"),
+    Setting("AUTOGOLF_SUPERVISOR_RESTART_SECONDS", "", "the first pause before the window's restart loop "
+            "replaces a dead supervisor (default 2, doubling to 10)", "scripts/tmux-pi-autoresearch.sh"),
     Setting("AUTOGOLF_NUDGE_SECONDS", "900", "no output and no benchmark this long: a nudge to the agent",
             "agent/supervisor"),
     Setting("AUTOGOLF_BREAKER_RESTARTS", "5", "more counted restarts than this within the window stop "

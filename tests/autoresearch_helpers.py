@@ -139,4 +139,7 @@ def make_synth_dataset(root: Path) -> tuple[Path, Path]:
 
     manifest, _ = build_synth(root, val_docs=120, train_docs=1200, shard_tokens=300_000,
                               tokenizer_train_docs=400)
-    return root / "datasets" / manifest["dataset"], Path(manifest["tokenizer_path"])
+    from autogolf.data.cache import manifest_tokenizer_path
+
+    dataset = root / "datasets" / manifest["dataset"]
+    return dataset, manifest_tokenizer_path(dataset, manifest)  # the manifest's path is relative

@@ -15,6 +15,11 @@ there is none), so the scripted model logs what the benchmark really printed. Af
 turn the server answers with plain text ("Script finished."), which leaves pi idle.
 
     python tests/scripted_model.py --script turns.json --port-file port.txt --requests requests.jsonl
+
+--faults FILE injects a provider fault while FILE says so (read on every request, so a soak
+can switch it on and off): {"rate_limit_until": EPOCH, "retry_after": true|false} answers
+429 until then, with a Retry-After header (and the "try again in Ns" hint OpenAI puts in the
+message) when retry_after is true, else a bare "rate limit reached".
 """
 
 from __future__ import annotations
@@ -74,9 +79,22 @@ def reply_chunks(turn: dict, messages: list[dict], index: int) -> list[dict]:
     return [chunk({"role": "assistant", "content": turn.get("text", "")}), chunk({}, "stop")]
 
 
+def rate_limited(faults: Path | None) -> tuple[bool, int | None]:
+    """(answer 429 now?, the Retry-After seconds to announce or None)."""
+    try:
+        fault = json.loads(faults.read_text(encoding="utf-8")) if faults else {}
+    except (OSError, ValueError):
+        return False, None
+    left = float(fault.get("rate_limit_until") or 0) - time.time()
+    if left <= 0:
+        return False, None
+    return True, (max(1, int(left + 0.999)) if fault.get("retry_after") else None)
+
+
 class ScriptedModel(BaseHTTPRequestHandler):
     script: list[dict] = []
     requests_log: Path | None = None
+    faults: Path | None = None
     lock = threading.Lock()
 
     def log_message(self, *args) -> None:  # quiet
@@ -105,6 +123,23 @@ class ScriptedModel(BaseHTTPRequestHandler):
             return
         messages = request.get("messages") or []
         index = sum(1 for m in messages if m.get("role") == "assistant")
+        limited, retry_after = rate_limited(self.faults)
+        if limited:
+            hint = f" Please try again in {retry_after}s." if retry_after else ""
+            body = json.dumps({"error": {"message": f"Rate limit reached for requests.{hint}",
+                                         "type": "requests", "code": "rate_limit_exceeded"}}).encode()
+            self.send_response(429)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            if retry_after:
+                self.send_header("Retry-After", str(retry_after))
+            self.end_headers()
+            self.wfile.write(body)
+            if self.requests_log is not None:
+                with self.lock, open(self.requests_log, "a", encoding="utf-8") as f:
+                    f.write(json.dumps({"at": time.time(), "turn": index, "status": 429,
+                                        "retry_after": retry_after}) + "\n")
+            return
         turn = self.script[index] if index < len(self.script) else {"text": "Script finished."}
         if self.requests_log is not None:
             with self.lock, open(self.requests_log, "a", encoding="utf-8") as f:
@@ -127,9 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free one)")
     parser.add_argument("--port-file", type=Path, default=None, help="write the bound port here")
     parser.add_argument("--requests", type=Path, default=None, help="append one JSON line per request here")
+    parser.add_argument("--faults", type=Path, default=None, help="a JSON file that switches provider faults on")
     args = parser.parse_args(argv)
     ScriptedModel.script = json.loads(args.script.read_text(encoding="utf-8"))
     ScriptedModel.requests_log = args.requests
+    ScriptedModel.faults = args.faults
     server = ThreadingHTTPServer(("127.0.0.1", args.port), ScriptedModel)
     server.daemon_threads = True
     if args.port_file:

@@ -5,7 +5,8 @@ is a stand-in: a scripted OpenAI-compatible server on loopback (tests/scripted_m
 The script: init, a baseline kept, a command other than the benchmark (refused), a trainer edit
 discarded, a protected-file edit that the next benchmark restores from HEAD before it runs (the
 loop's AUTOGOLF_LOOP=1: it says so on its summary line and in its ledger row), a rerun discarded. Then the model server
-is stopped mid-loop: pi's requests fail, the supervisor restarts pi, and when the server is back
+is stopped mid-loop: pi's requests fail, the supervisor probes (restarts pi) without counting it
+against the breaker, and when the server is back
 the loop carries on from pi-autoresearch's log. (The guard, agent/guard, refuses a keep the
 VERDICT does not back, so the reruns of unchanged code are logged as discards; the protected-file
 edit hides the file's name from the guard's pattern check, so the harness's restore is what undoes it.)
@@ -105,8 +106,8 @@ def test_real_pi_loop_under_the_supervisor_survives_a_model_outage(tmp_path, cor
         wait_for(lambda: len(pi_log(project)) >= 4, 400, "four logged experiments")
         screen = status(project, env)  # the status screen during the loop, for the record
         server.stop()  # mid-loop: pi's next request fails
-        wait_for(lambda: any(" agent_start restart: pi stopped on an error" in l for l in events(project)),
-                 120, "the supervisor to restart pi after the outage")
+        wait_for(lambda: any(" agent_start restart: provider unreachable" in l for l in events(project)),
+                 120, "the supervisor to probe the provider (restart pi) during the outage")
         server.start()  # same port: the provider is back
         wait_for(lambda: len(pi_log(project)) >= 5, 300, "the loop to continue after the restart")
         entries = pi_log(project)
@@ -139,7 +140,10 @@ def test_real_pi_loop_under_the_supervisor_survives_a_model_outage(tmp_path, cor
     assert git(project, "log", "--format=%s").split("\n")[0] == "harness under test"  # nothing new was kept
     # the supervisor's account of the outage
     log = events(project)
-    assert any("restart_scheduled pi stopped on an error: Connection error" in l for l in log), log
+    # an outage is the provider's fault: waited out with probes that never count against the breaker
+    assert any("restart_scheduled provider unreachable: Connection error" in l and "counted=False" in l
+               for l in log), log
+    assert any(" provider_back unreachable over after" in l for l in log), log
     # the loop's own overhead between a benchmark's end and the next one's start
     gaps = [b["started_epoch"] - a["ended_epoch"] for a, b in zip(ok_runs[:4], ok_runs[1:4])]
     print(f"loop overhead between benchmarks (scripted model): {', '.join(f'{g:.2f}' for g in gaps)} s")

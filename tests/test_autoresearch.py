@@ -311,6 +311,22 @@ def test_timeout_kills_a_hanging_trainer_and_its_escaped_child(project, env, tmp
     assert lock_is_free(Path(env["AUTOGOLF_LOCK_PATH"]))
 
 
+def test_a_stopped_trainer_ends_at_its_timeout_not_a_grace_later(project, env, tmp_path):
+    """A hung trainer (SIGSTOPped: it cannot act on SIGTERM) is ended at its hard timeout; the
+    kill grace (30 s here) is not spent waiting on a process that cannot run."""
+    trainer = trainer_copy(project, tmp_path, lambda t: inject_after_imports(
+        t, "import os as _os, signal as _sig\n_os.kill(_os.getpid(), _sig.SIGSTOP)\n"))
+    started = time.monotonic()
+    with TrainerWatch(str(tmp_path)) as watch:
+        out = run_bench(project, dict(env, AUTOGOLF_TRAINER=str(trainer), AUTOGOLF_TIMEOUT="8",
+                                      AUTOGOLF_KILL_GRACE_SECONDS="30"))
+    elapsed = time.monotonic() - started
+    assert out.returncode == 124, out.stdout[-2000:]
+    assert elapsed < 8 + 30, elapsed  # the SIGTERM was delivered (SIGCONT), not the SIGKILL a grace later
+    watch.assert_clean()
+    assert [r["status"] for r in ledger_rows(project)] == ["timeout"]
+
+
 def test_crash_in_the_trainer(project, env, tmp_path):
     trainer = trainer_copy(project, tmp_path, lambda t: inject_after_imports(
         t, "raise RuntimeError('injected failure for the harness test')\n"))

@@ -189,6 +189,36 @@ def test_tokenizer_found_after_the_repo_moves(data_root):
     assert verify_cache(dataset)["tokenizer_path"] == str(tokenizers.resolve() / name)
 
 
+def test_a_copied_checkout_reads_its_own_tokenizer(built, tmp_path):
+    """The manifest stores the tokenizer relative to the dataset's folder: a copy of the data
+    root resolves to the copy's tokenizer, never the original's."""
+    original = _dataset(built)
+    recorded = json.loads((original / MANIFEST_NAME).read_text())["tokenizer_path"]
+    assert not recorded.startswith("/") and recorded.endswith(_tokenizer(built).name), recorded
+    copy = tmp_path / "elsewhere" / "data"
+    shutil.copytree(built, copy)
+    info = verify_cache(_dataset(copy), deep=False)
+    assert info["tokenizer_path"] == str((copy / "tokenizers" / _tokenizer(built).name).resolve())
+
+
+def test_an_old_absolute_manifest_in_a_copy_reads_the_copy(data_root, tmp_path):
+    """An older manifest's absolute path into another checkout (still there) is not followed:
+    the copy's own data/tokenizers/<name> is; a path inside this data root is kept."""
+    dataset = _dataset(data_root)
+    name = _tokenizer(data_root).name
+    other = tmp_path / "original" / "tokenizers"
+    other.mkdir(parents=True)
+    shutil.copy(data_root / "tokenizers" / name, other / name)
+    manifest = json.loads((dataset / MANIFEST_NAME).read_text())
+    manifest["tokenizer_path"] = str(other / name)
+    (dataset / MANIFEST_NAME).write_text(json.dumps(manifest))
+    own = str((data_root / "tokenizers" / name).resolve())
+    assert verify_cache(dataset, deep=False)["tokenizer_path"] == own
+    manifest["tokenizer_path"] = own  # absolute but inside: as it was written
+    (dataset / MANIFEST_NAME).write_text(json.dumps(manifest))
+    assert verify_cache(dataset, deep=False)["tokenizer_path"] == own
+
+
 def _cli(*args, env=None):
     return subprocess.run([sys.executable, "-m", "autogolf.data.cache_cli", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=120, env=env)

@@ -151,6 +151,7 @@ def start() -> int:
         state = session.read_state()
         if state.get("breaker", {}).get("state") == "tripped":
             state["breaker"] = {"state": "ok", "reset_at": session.now_iso()}
+            state["restarts"] = []  # the breaker's history (the supervisor reads it) starts afresh
             session.write_state(state)
             session.log_event("breaker_reset", "started again by `just autoresearch`")
         command = "bash scripts/tmux-pi-autoresearch.sh"

@@ -3,9 +3,11 @@
     python -m autogolf.agent.status [--runs N]
 
 - The agent: alive or not, pid, uptime, restarts, the circuit breaker (from tmux and the
-  supervisor's logs/agent/state.json), and the last supervisor event.
+  supervisor's logs/agent/state.json), what the loop waits for and until when (a provider's
+  rate limit, a restart), and the last supervisor event; a dead supervisor, with the fix.
 - The benchmark running now (whoever holds the machine's run lock): run, profile, step of
-  steps, tok/s, ETA, read live from its console log.
+  steps, tok/s, ETA, read live from its console log; a trainer silent for longer than its
+  stall limit is shown as stalled, with the time left to its hard timeout.
 - The last runs from the ledger, and the best kept val_bpb per profile, dataset and budget
   (kept: autogolf/judge/verdict.is_kept, as the VERDICT, `just report` and `just ledger`). A run that did not finish ok shows its status
   and no val_bpb: an integrity_failed run's number is the trainer's, which the harness
@@ -18,12 +20,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
 
 import psutil
 
+from autogolf import settings
 from autogolf.judge import ledger
 from autogolf.measure import logparse
 from autogolf.run import budget, profiles, sizing
@@ -36,6 +40,53 @@ def _duration(seconds: float) -> str:
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def _clock(epoch: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(epoch))
+
+
+def supervisor_line(state: dict, sess) -> str:
+    if session.supervisor_running():
+        return f"supervisor running; restarts {state.get('restarts_total', 0)}"
+    window = session.find_window(sess, session.SUPERVISOR_WINDOW)
+    pane = window.active_pane if window is not None else None
+    if pane is not None and pane.pane_dead != "1":
+        # its window's restart loop is between two supervisors
+        return (f"supervisor not running: its window starts a new one within seconds "
+                f"(`just autoresearch` restarts it now); restarts {state.get('restarts_total', 0)}")
+    return f"supervisor not running: `just autoresearch` restarts it; restarts {state.get('restarts_total', 0)}"
+
+
+def breaker_line(state: dict) -> str:
+    breaker = state.get("breaker") or {}
+    if breaker.get("state") == "tripped":
+        return (f"breaker  TRIPPED at {breaker.get('at')}: {breaker.get('reason')}; "
+                f"fix the cause, then `just autoresearch` starts afresh")
+    config = state.get("config") or {}
+    window, limit = config.get("breaker_window"), config.get("breaker_restarts")
+    if not (window and limit):
+        return "breaker  ok"
+    counted = sum(1 for r in state.get("restarts") or []
+                  if r.get("counted") and time.time() - float(r.get("at", 0)) <= float(window))
+    return f"breaker  ok ({counted} of {limit} counted restarts in the last {float(window):.0f} s)"
+
+
+def waiting_line(state: dict) -> str | None:
+    """What the loop waits for and until when, from the supervisor's state."""
+    pending = state.get("next_restart") or {}
+    fault = state.get("provider_wait") or {}
+    if not pending.get("at"):
+        return None
+    at = _clock(float(pending["at"]))
+    since = f"since {_clock(float(fault['since']))}" if fault.get("since") else ""
+    told = f"its Retry-After {pending['retry_after']:.0f} s" if pending.get("retry_after") is not None else ""
+    extra = "; ".join(x for x in (since, told, f"try {pending['probe']}" if pending.get("probe") else "") if x)
+    if pending.get("kind") == "rate_limit":
+        return f"waiting  for the provider's rate limit, next try at {at}" + (f" ({extra})" if extra else "")
+    if pending.get("kind") == "unreachable":
+        return f"waiting  for the provider (unreachable), next try at {at}" + (f" ({extra})" if extra else "")
+    return f"waiting  to restart the agent at {at}: {pending.get('reason', '?')[:120]}"
 
 
 def agent_lines() -> list[str]:
@@ -57,14 +108,10 @@ def agent_lines() -> list[str]:
                 lines.append(f"agent    pane {pane.pane_id}: process not found")
     elif sess is not None:
         lines.append("agent    no agent window yet")
-    supervised = "running" if session.supervisor_running() else "not running"
-    lines.append(f"supervisor {supervised}; restarts {state.get('restarts_total', 0)}")
-    breaker = state.get("breaker") or {}
-    if breaker.get("state") == "tripped":
-        lines.append(f"breaker  TRIPPED at {breaker.get('at')}: {breaker.get('reason')}; "
-                     f"fix the cause, then `just autoresearch` starts afresh")
-    else:
-        lines.append("breaker  ok")
+    lines.append(supervisor_line(state, sess))
+    lines.append(breaker_line(state))
+    if sess is not None and (waiting := waiting_line(state)):
+        lines.append(waiting)
     if state.get("deferred"):
         lines.append(f"waiting  {state['deferred']}: no restart or nudge until it ends")
     if state.get("last_event"):
@@ -86,6 +133,9 @@ def benchmark_lines() -> list[str]:
     if bench.get("past_deadline"):
         head += " PAST ITS HARD TIMEOUT"
     lines = [head]
+    stalled = stall_line(info, console)
+    if stalled:
+        lines.append(stalled)
     if parsed.train_steps:
         last = parsed.train_steps[-1]
         remaining = (last.iterations - last.step) * last.step_avg_ms / 1000
@@ -95,11 +145,32 @@ def benchmark_lines() -> list[str]:
         lines.append(f"         step {last.step}/{last.iterations}, {last.tok_s or '?'} tok/s, "
                      f"{last.step_avg_ms:.0f} ms/step, training ETA {_duration(remaining)} "
                      f"(then validation and export)")
-    elif not parsed.val_progress:
+    elif not parsed.val_progress and not stalled:
         lines.append("         starting (no step yet)")
     if parsed.val_progress:
         lines.append(f"         validating: batch {parsed.val_progress[0]}/{parsed.val_progress[1]}")
     return lines
+
+
+def stall_line(info: dict, console: Path) -> str | None:
+    """A trainer that printed nothing for longer than its stall limit (AUTOGOLF_STALL_SECONDS,
+    else a quarter of its hard timeout, at least 60 s) is shown as stalled: a hung trainer must
+    not look like a slow start."""
+    started, hard_at = info.get("trainer_started_at"), info.get("hard_timeout_at")
+    if not info.get("trainer_pid") or not isinstance(started, (int, float)):
+        return None
+    try:
+        last_output = max(console.stat().st_mtime, float(started))
+    except OSError:
+        last_output = float(started)
+    raw = settings.get("AUTOGOLF_STALL_SECONDS")  # unset: max(60 s, a quarter of the hard timeout)
+    timeout = float(hard_at) - float(started) if isinstance(hard_at, (int, float)) else 0.0
+    limit = float(raw) if raw.replace(".", "", 1).isdigit() else max(60.0, timeout / 4)
+    silent = time.time() - last_output
+    if silent <= limit:
+        return None
+    left = f"hard timeout in {max(0.0, float(hard_at) - time.time()):.0f} s" if timeout else "no hard timeout known"
+    return f"         stalled (no output for {silent:.0f} s; {left})"
 
 
 def _bpb(run: dict) -> float | None:

@@ -170,8 +170,11 @@ def _atomic_write_json(path: Path, obj: dict) -> None:
 # --------------------------------------------------------------------------- manifest
 
 def write_manifest(dataset_dir: Path, tokenizer_path: Path, *, source: str, is_fineweb: bool,
-                   extra: dict | None = None) -> dict:
+                   extra: dict | None = None, final_dir: Path | None = None) -> dict:
     """Validate every shard, then write `<dataset_dir>/autogolf_manifest.json` atomically.
+
+    final_dir: where dataset_dir will be moved once complete (a staged build); the
+    tokenizer's path is recorded relative to it.
 
     `extra` keys are added at the top level of the manifest (they may not replace the keys
     this module owns). Raises ShardError for a malformed shard and CacheError for a cache
@@ -202,7 +205,7 @@ def write_manifest(dataset_dir: Path, tokenizer_path: Path, *, source: str, is_f
         "dataset": dataset_dir.name,
         "source": source,
         "is_fineweb": bool(is_fineweb),
-        "tokenizer_path": str(tokenizer_path.resolve()),
+        "tokenizer_path": _portable_path(tokenizer_path, final_dir or dataset_dir),
         "tokenizer_name": tokenizer_path.name,
         "tokenizer_sha256": tokenizer_sha,
         "vocab_size": vocab_size,
@@ -236,13 +239,29 @@ def read_manifest(dataset_dir: Path) -> dict:
     return manifest
 
 
+def _portable_path(path: Path, dataset_dir: Path) -> str:
+    """A path as a manifest records it: relative to the dataset's folder when it lies in the
+    same data root (so a moved or copied checkout reads its own files, not the original's),
+    else absolute (a file outside the checkout stays where it was)."""
+    path, folder = Path(path).resolve(), Path(dataset_dir).resolve()
+    if path.is_relative_to(folder.parent.parent):
+        return os.path.relpath(path, folder)
+    return str(path)
+
+
 def manifest_tokenizer_path(dataset_dir: Path, manifest: dict) -> Path:
-    """The tokenizer a manifest names. If the recorded absolute path is gone (the repo was
-    moved), fall back to the conventional `<data_root>/tokenizers/<name>`."""
+    """The tokenizer a manifest names, resolved against the dataset's own folder. An older
+    manifest holds an absolute path: it is used when it lies in this data root; when it is
+    gone or points outside (into the checkout this one was copied from), the conventional
+    `<data_root>/tokenizers/<name>` of this checkout is used when present."""
+    folder = Path(dataset_dir).resolve()
     recorded = Path(manifest["tokenizer_path"])
-    if recorded.is_file():
+    if not recorded.is_absolute():
+        return Path(os.path.normpath(folder / recorded))
+    conventional = folder.parent.parent / "tokenizers" / manifest["tokenizer_name"]
+    inside = recorded.resolve().is_relative_to(folder.parent.parent)
+    if recorded.is_file() and (inside or not conventional.is_file()):
         return recorded
-    conventional = Path(dataset_dir).resolve().parent.parent / "tokenizers" / manifest["tokenizer_name"]
     return conventional if conventional.is_file() else recorded
 
 

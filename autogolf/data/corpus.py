@@ -33,7 +33,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from autogolf.data.cache import BOS_ID, CacheError, load_tokenizer, write_manifest
+from autogolf.data.cache import BOS_ID, CacheError, load_tokenizer, manifest_tokenizer_path, write_manifest
 from autogolf.fsutil import atomic_write, file_sha256, pid_alive
 from autogolf.data.shards import ShardError, write_shard
 
@@ -354,7 +354,7 @@ def build_cache(docs: Callable[[], Iterable[str]], *, name: str, data_root: Path
                              f"{stats['docs']['train']} training documents; a cache needs both; "
                              f"use a larger corpus or a smaller --val-docs")
         _install_tokenizer(staged, tokenizer_dest)  # first: the manifest records its final path
-        manifest = write_manifest(build_dir, tokenizer_dest, source=source, is_fineweb=is_fineweb,
+        manifest = write_manifest(build_dir, tokenizer_dest, source=source, is_fineweb=is_fineweb, final_dir=final_dir,
                                   extra={"val_docs": stats["docs"]["val"], "train_docs": stats["docs"]["train"],
                                          "shard_tokens": shard_tokens, **(extra or {})})
         if final_dir.exists():
@@ -489,12 +489,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     dataset_dir = Path(args.data_root) / "datasets" / args.name
     print(f"dataset: {manifest['dataset']} ({dataset_dir})")
-    print(f"tokenizer: {manifest['tokenizer_path']}")
+    tokenizer = manifest_tokenizer_path(dataset_dir, manifest)  # the manifest's path is relative
+    print(f"tokenizer: {tokenizer}")
     print(f"fingerprint: {manifest['fingerprint']}")
     for split in ("train", "val"):
         s = manifest["splits"][split]
         print(f"{split}: {s['shards']} shards, {s['tokens']:,} tokens")
-    print(f"use it with: DATA_PATH={dataset_dir} TOKENIZER_PATH={manifest['tokenizer_path']}")
+    print(f"use it with: DATA_PATH={dataset_dir} TOKENIZER_PATH={tokenizer}")
     return 0
 
 

@@ -105,6 +105,13 @@ class RunLock:
             self.info["trainer_pid"] = pid
             self._write_info()
 
+    def note(self, **fields) -> None:
+        """Facts for whoever watches the run (`just status`): when the trainer started and when
+        its hard timeout falls."""
+        if self.fd is not None:
+            self.info.update(fields)
+            self._write_info()
+
     def set_deadline(self, epoch_seconds: float) -> None:
         """When this run is past its hard timeout: until then the agent's supervisor leaves
         the agent alone (a benchmark is running); after it, the run is presumed stuck."""

@@ -90,6 +90,10 @@ def kill_tree(proc: subprocess.Popen, grace: float) -> None:
                 pass
         if sig == signal.SIGKILL:
             break
+        try:  # a stopped (hung) trainer gets the SIGTERM now, not a grace later as a SIGKILL
+            os.killpg(proc.pid, signal.SIGCONT)
+        except (ProcessLookupError, PermissionError):
+            pass
         deadline = time.monotonic() + grace
         try:
             proc.wait(timeout=grace)
@@ -173,6 +177,7 @@ def run_trainer(cmd: list[str], env: dict, console_path: Path, timeout: float, g
                             pass_fds=(lock.fd,),  # a lingering trainer keeps the machine locked
                             preexec_fn=_die_with_parent(os.getpid()))
     lock.set_trainer_pid(proc.pid)
+    lock.note(trainer_started_at=round(started_at, 3), hard_timeout_at=round(started_at + timeout, 3))
     state: dict = {}
     reader = threading.Thread(target=_stream, args=(proc, console_path, state, on_line), daemon=True)
     reader.start()

@@ -1,0 +1,414 @@
+"""A soak of the agent loop, as a user's night would go, compressed: the real `just autoresearch`
+(the real pi and pi-autoresearch, the supervisor in tmux, our harness on the smoke profile) with
+only the model's brain scripted (tests/scripted_model.py on loopback), and a fault every 2-3
+minutes in random order:
+
+    agent_kill          pi SIGKILLed between two benchmarks
+    model_down          the model server gone for 60 s
+    rate_limit_hinted   429 for 60 s, with Retry-After (and "try again in Ns" in the message)
+    rate_limit_bare     429 for 60 s, with no hint of when to come back
+    harness_kill        the benchmark's orchestrator SIGKILLed while its trainer runs
+    hung_trainer        the trainer SIGSTOPped: only its hard timeout ends it
+    supervisor_kill x2  the supervisor SIGKILLed (its window's restart loop replaces it)
+
+Measured: per fault the time to the next benchmark start (the run lock, sampled every 0.2 s);
+runs started and settled (the ledger); overlaps (trainer processes alive at once, sampled); the
+breaker's count before and after a supervisor replacement; `just status` during a rate-limit
+wait, a stalled trainer and a dead supervisor. Everything lands in OUT (report.txt, report.json,
+status-*.txt, the project with its logs).
+
+    .venv/bin/python scripts/soak.py MINUTES [--out DIR] [--seed N]     (`just soak MINUTES`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "tests"), str(REPO)]
+
+from agent_helpers import clean_env, kill_tmux_server, tmux  # noqa: E402
+from autoresearch_helpers import make_project, make_tiny_dataset, wait_for  # noqa: E402
+from conftest import REAL_DOCS, REAL_TOKENIZER, Corpus, have_fixtures, make_standin_corpus  # noqa: E402
+
+from autogolf.judge import ledger  # noqa: E402
+from autogolf.run.runlock import RunLock, lock_is_free  # noqa: E402
+
+SMOKE = "PROFILE=smoke bash autoresearch.sh"
+FAULTS = ["agent_kill", "model_down", "rate_limit_hinted", "rate_limit_bare", "harness_kill", "hung_trainer",
+          "supervisor_kill", "supervisor_kill"]
+OUTAGE_S = 60.0
+
+
+def script(loops: int) -> list[dict]:
+    """init, then run + log for ever (as far as a night goes): the model's whole brain."""
+    turns = [{"tool": "init_experiment", "args": {"name": "soak", "metric_name": "val_bpb", "metric_unit": "",
+                                                  "direction": "lower"}}]
+    for n in range(loops):
+        turns += [{"tool": "run_experiment", "args": {"command": SMOKE}},
+                  {"tool": "log_experiment", "args": {"commit": "0000000", "metric": "{metric:val_bpb}",
+                                                      "status": "keep", "description": f"soak run {n + 1}"}}]
+    return turns
+
+
+class Model:
+    """The scripted model server, which the soak stops and starts on the same port."""
+
+    def __init__(self, out: Path):
+        self.out, self.port, self.proc = out, 0, None
+        (out / "script.json").write_text(json.dumps(script(600)))
+        self.faults = out / "faults.json"
+        self.faults.write_text("{}")
+
+    def start(self) -> None:
+        port_file = self.out / "port.txt"
+        port_file.unlink(missing_ok=True)
+        self.proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "scripted_model.py"), "--script",
+                                      str(self.out / "script.json"), "--port", str(self.port), "--port-file",
+                                      str(port_file), "--requests", str(self.out / "requests.jsonl"),
+                                      "--faults", str(self.faults)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(port_file.is_file, 20, "the model server")
+        self.port = int(port_file.read_text())
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Sampler(threading.Thread):
+    """Every 0.2 s: who holds the run lock (a benchmark's start and end); every 1 s: how many
+    trainer processes are alive (more than one is an overlap)."""
+
+    def __init__(self, lock_path: Path, project: Path):
+        super().__init__(daemon=True)
+        self.lock_path, self.project = lock_path, project
+        self.starts: dict[str, float] = {}   # run_id -> first seen holding the lock
+        self.ends: dict[str, float] = {}     # run_id -> lock seen free after it
+        self.current: str | None = None
+        self.overlaps, self.trainer_samples, self.max_trainers = 0, 0, 0
+        self.done = threading.Event()
+
+    def trainers(self) -> int:
+        count = 0
+        for p in psutil.process_iter(["cmdline", "ppid"]):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if "train_gpt_mlx.py" in cmd and str(self.project) in cmd:
+                try:  # count a trainer tree once: its root
+                    if "train_gpt_mlx.py" not in " ".join(psutil.Process(p.info["ppid"]).cmdline()):
+                        count += 1
+                except psutil.Error:
+                    count += 1
+        return count
+
+    def run(self) -> None:
+        tick = 0
+        while not self.done.is_set():
+            now = time.time()
+            held = not lock_is_free(self.lock_path)
+            info = RunLock("-", self.lock_path).read_holder() if held else None
+            run_id = (info or {}).get("run_id") if held else None
+            if run_id and run_id != self.current:
+                if self.current:
+                    self.ends.setdefault(self.current, now)
+                self.starts.setdefault(run_id, now)
+                self.current = run_id
+            elif not held and self.current:
+                self.ends.setdefault(self.current, now)
+                self.current = None
+            if tick % 5 == 0:
+                n = self.trainers()
+                self.trainer_samples += 1
+                self.max_trainers = max(self.max_trainers, n)
+                self.overlaps += n > 1
+            tick += 1
+            time.sleep(0.2)
+
+    def next_start(self, after: float) -> float | None:
+        later = [t for t in self.starts.values() if t >= after]
+        return min(later) if later else None
+
+
+class Soak:
+    def __init__(self, out: Path, minutes: float, seed: int):
+        self.out, self.minutes = out, minutes
+        self.rng = random.Random(seed)
+        self.faults: list[dict] = []
+        self.notes: dict = {"seed": seed}
+        out.mkdir(parents=True, exist_ok=True)
+        corpus = Corpus(REAL_TOKENIZER, REAL_DOCS, real=True) if have_fixtures() else \
+            make_standin_corpus(out / "corpus")
+        self.dataset, self.tokenizer = make_tiny_dataset(out / "data", corpus)
+        self.project = make_project(out / "project")
+        self.model = Model(out)
+        self.model.start()
+        agent_dir = out / "pi-agent"
+        agent_dir.mkdir(parents=True, exist_ok=True)
+        # a large context window: pi must not compact (its summary request would get a tool call)
+        (agent_dir / "models.json").write_text(json.dumps({"providers": {"scripted": {
+            "baseUrl": f"http://127.0.0.1:{self.model.port}/v1", "api": "openai-completions", "apiKey": "any",
+            "models": [{"id": "scripted", "contextWindow": 2_000_000, "maxTokens": 4096}]}}}))
+        self.env = clean_env(out / "home", DATA_PATH=str(self.dataset), TOKENIZER_PATH=str(self.tokenizer),
+                             PI_CODING_AGENT_DIR=str(agent_dir), AUTOGOLF_PI_PROVIDER="scripted",
+                             AUTOGOLF_PI_MODEL="scripted")
+        self.lock_path = Path(self.env["AUTOGOLF_LOCK_PATH"])
+        self.sampler = Sampler(self.lock_path, self.project)
+        self.state_file = self.project / "logs" / "agent" / "state.json"
+
+    # -- helpers
+    def log(self, msg: str) -> None:
+        line = f"{time.strftime('%H:%M:%S')} {msg}"
+        print(line, flush=True)
+        with open(self.out / "soak.log", "a") as f:
+            f.write(line + "\n")
+
+    def just(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+        return subprocess.run([str(REPO / ".venv" / "bin" / "just"), *args], cwd=self.project, env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def status(self, name: str) -> str:
+        at = time.strftime("%H:%M:%S")
+        text = self.just("status").stdout
+        path = self.out / f"status-{name}.txt"
+        n = 2
+        while path.exists():  # a later round's transcript of the same fault: keep both
+            path, n = self.out / f"status-{name}-{n}.txt", n + 1
+        path.write_text(f"# `just status` at {at}\n{text}")
+        self.log(f"status transcript: {name}")
+        return text
+
+    def state(self) -> dict:
+        try:
+            return json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def holder(self) -> dict:
+        return (RunLock("-", self.lock_path).read_holder() or {}) if not lock_is_free(self.lock_path) else {}
+
+    def supervisor_pid(self) -> int | None:
+        try:
+            return int((self.project / "logs" / "agent" / "supervisor.lock").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def agent_pid(self) -> int | None:
+        out = tmux(self.env, "list-panes", "-a", "-F", "#{window_name} #{pane_dead} #{pane_pid}")
+        for name, dead, pid in (line.split() for line in out.stdout.splitlines()):
+            if name == "agent" and dead == "0":
+                return int(pid)
+        return None
+
+    def wait_idle(self, limit: float = 240) -> None:
+        """Until no benchmark holds the lock (a fault between two benchmarks)."""
+        wait_for(lambda: lock_is_free(self.lock_path), limit, "no benchmark running")
+
+    def wait_trainer(self, limit: float = 300) -> dict:
+        """Until a trainer runs (a smoke trainer lasts seconds: act at once); its lock info."""
+        return wait_for(lambda: (lambda i: i if i.get("trainer_pid") and i.get("hard_timeout_at") else None)(
+            self.holder()), limit, "a trainer running")
+
+    def signal_mid_run(self, key: str, sig: int) -> tuple[dict, float]:
+        """Send sig to the running benchmark's trainer_pid or pid (its orchestrator); a run
+        that ended just before is followed by the next one."""
+        while True:
+            info = self.wait_trainer()
+            try:
+                os.kill(int(info[key]), sig)
+                return info, time.time()
+            except ProcessLookupError:
+                time.sleep(0.2)
+
+    def counted(self) -> dict:
+        state = self.state()
+        restarts = state.get("restarts") or []
+        return {"restarts_in_state": len(restarts), "counted": sum(1 for r in restarts if r.get("counted")),
+                "restarts_total": state.get("restarts_total"), "supervisor_pid": state.get("supervisor_pid")}
+
+    # -- faults: each returns its record (start, end, and what it saw)
+    def agent_kill(self) -> dict:
+        self.wait_idle()
+        pid = self.agent_pid()
+        start = time.time()
+        os.kill(pid, signal.SIGKILL)
+        return {"start": start, "end": start, "pid": pid}
+
+    def model_down(self) -> dict:
+        self.wait_idle()
+        start = time.time()
+        self.model.stop()
+        time.sleep(OUTAGE_S)
+        self.model.start()
+        return {"start": start, "end": time.time()}
+
+    def rate_limit(self, hinted: bool, name: str) -> dict:
+        self.wait_idle()
+        start = time.time()
+        self.model.faults.write_text(json.dumps({"rate_limit_until": start + OUTAGE_S, "retry_after": hinted}))
+        record = {"start": start, "end": start + OUTAGE_S, "retry_after": hinted}
+        # `just status` while the supervisor waits for it (once, for the hinted or the first one)
+        try:
+            wait_for(lambda: (self.state().get("next_restart") or {}).get("kind") == "rate_limit" or None,
+                     OUTAGE_S - 5, "the supervisor's rate-limit wait")
+            record["status"] = self.status(name)
+            record["next_restart"] = self.state().get("next_restart")
+        except AssertionError as e:  # pi's own retry got through first: nothing to wait for
+            record["no_wait"] = str(e)
+        time.sleep(max(0.0, start + OUTAGE_S - time.time()))
+        self.model.faults.write_text("{}")
+        return record
+
+    def harness_kill(self) -> dict:
+        info, start = self.signal_mid_run("pid", signal.SIGKILL)
+        return {"start": start, "end": start, "run_id": info.get("run_id"), "pid": info["pid"]}
+
+    def hung_trainer(self) -> dict:
+        info, start = self.signal_mid_run("trainer_pid", signal.SIGSTOP)
+        hard = float(info["hard_timeout_at"])
+        record = {"start": start, "end": hard, "run_id": info.get("run_id"), "hard_timeout_at": hard}
+        # past the stall limit (60 s for smoke), before the hard timeout (120 s)
+        time.sleep(max(0.0, min(hard - 15, float(info["trainer_started_at"]) + 90) - time.time()))
+        record["status"] = self.status("stalled-trainer")
+        return record
+
+    def supervisor_kill(self) -> dict:
+        before = self.counted()
+        pid = self.supervisor_pid()
+        start = time.time()
+        os.kill(pid, signal.SIGKILL)
+        transcript = self.status("dead-supervisor")
+        back = wait_for(lambda: (lambda p: p if p and p != pid and not lock_is_free(
+            self.project / "logs" / "agent" / "supervisor.lock") else None)(self.supervisor_pid()), 60,
+            "the supervisor's replacement")
+        replaced = time.time()
+        time.sleep(2)
+        after = self.counted()
+        breaker = next((l for l in self.status("after-replacement").splitlines() if l.startswith("breaker")), "")
+        return {"start": start, "end": replaced, "pid": pid, "new_pid": back, "replaced_in_s": replaced - start,
+                "status": transcript, "breaker_before": before, "breaker_after": after, "breaker_line": breaker}
+
+    def inject(self, kind: str) -> None:
+        self.log(f"fault {kind}: injecting")
+        if kind.startswith("rate_limit"):
+            record = self.rate_limit(kind == "rate_limit_hinted", f"rate-limit-{kind.split('_')[-1]}")
+        else:
+            record = getattr(self, kind)()
+        record["kind"] = kind
+        self.faults.append(record)
+        self.log(f"fault {kind}: start {time.strftime('%H:%M:%S', time.localtime(record['start']))}, end "
+                 f"{time.strftime('%H:%M:%S', time.localtime(record['end']))}")
+
+    # -- the night
+    def run(self) -> dict:
+        self.sampler.start()
+        t0 = time.time()
+        started = self.just("autoresearch")
+        self.log(f"just autoresearch: rc {started.returncode}: {started.stdout.strip()[-300:]} {started.stderr[-300:]}")
+        wait_for(lambda: self.sampler.starts or None, 300, "the first benchmark")
+        self.log("first benchmark started")
+        order = FAULTS[:]
+        self.rng.shuffle(order)
+        # the breaker's count across a replacement means something only with a counted restart before it
+        if order.index("agent_kill") > max(i for i, k in enumerate(order) if k == "supervisor_kill"):
+            order.remove("agent_kill")
+            order.insert(0, "agent_kill")
+        self.notes["order"] = order
+        time.sleep(45)
+        while order:
+            self.inject(order.pop(0))
+            self.report(t0)
+            # the next fault 2-3 minutes after this one's start, and never before it is 30 s over
+            last = self.faults[-1]
+            time.sleep(max(30.0, last["start"] + self.rng.uniform(120, 180) - time.time(),
+                           last["end"] + 30 - time.time()))
+            if not order and time.time() - t0 < self.minutes * 60 - 180:
+                order = FAULTS[:]  # time for more: another round, in another random order
+                self.rng.shuffle(order)
+                self.notes["order"] += order
+        while time.time() - t0 < self.minutes * 60:
+            time.sleep(5)
+        final = self.status("final")
+        self.report(t0, final=final)
+        self.just("stop", "--kill-benchmark")
+        return self.report(t0, final=final, stopped=True)
+
+    def report(self, t0: float, final: str | None = None, stopped: bool = False) -> dict:
+        runs = ledger.runs(self.project / "logs" / "runs.jsonl")
+        statuses: dict[str, int] = {}
+        for r in runs:
+            statuses[r.get("status", "?")] = statuses.get(r.get("status", "?"), 0) + 1
+        rows = []
+        for f in self.faults:
+            after_start = self.sampler.next_start(f["start"])
+            after_end = self.sampler.next_start(f["end"])
+            rows.append({**{k: v for k, v in f.items() if k != "status"},
+                         "next_start_after_start_s": None if after_start is None else round(after_start - f["start"], 1),
+                         "next_start_after_end_s": None if after_end is None else round(after_end - f["end"], 1)})
+        gaps = []
+        ordered = sorted(self.sampler.starts.items(), key=lambda kv: kv[1])
+        for (run_a, _), (run_b, start_b) in zip(ordered, ordered[1:]):
+            end_a = self.sampler.ends.get(run_a)
+            if end_a:
+                gaps.append(start_b - end_a)
+        normal = statistics.median(gaps) if gaps else 0.0
+        down = sum(g - normal for g in gaps if g > 2 * normal + 10)
+        pi_log = self.project / ".auto" / "log.jsonl"
+        logged = sum(1 for line in pi_log.read_text().splitlines() if '"run"' in line) if pi_log.is_file() else 0
+        data = {"minutes": round((time.time() - t0) / 60, 1), "faults": rows, "ledger_runs": len(runs),
+                "ledger_statuses": statuses, "settled": sum(1 for r in runs if r.get("status") != "running"),
+                "lock_starts": len(self.sampler.starts), "overlaps": self.sampler.overlaps,
+                "overlap_samples": self.sampler.trainer_samples, "max_trainers": self.sampler.max_trainers,
+                "pi_logged_runs": logged, "median_gap_s": round(normal, 1), "down_time_s": round(down, 1),
+                "max_gap_s": round(max(gaps), 1) if gaps else None, "notes": self.notes, "stopped": stopped}
+        (self.out / "report.json").write_text(json.dumps(data, indent=1, default=str))
+        lines = [f"soak: {data['minutes']} min; benchmarks started {data['lock_starts']} (lock), ledger "
+                 f"{data['ledger_runs']} runs, {data['settled']} settled: {statuses}; pi-autoresearch logged "
+                 f"{logged}; overlaps {data['overlaps']} of {data['overlap_samples']} samples (max "
+                 f"{data['max_trainers']} trainer at once); median gap {data['median_gap_s']} s, max gap "
+                 f"{data['max_gap_s']} s, down time beyond the normal gap {data['down_time_s']} s"]
+        for row in rows:
+            lines.append(f"  {row['kind']:<18} at {time.strftime('%H:%M:%S', time.localtime(row['start']))}, ends "
+                         f"{time.strftime('%H:%M:%S', time.localtime(row['end']))}: next benchmark "
+                         f"{row['next_start_after_start_s']} s after its start, {row['next_start_after_end_s']} s "
+                         f"after its end" + (f"; breaker {row['breaker_before']} -> {row['breaker_after']}"
+                                             if "breaker_before" in row else ""))
+        (self.out / "report.txt").write_text("\n".join(lines) + "\n")
+        return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("minutes", type=float, help="how long the loop runs (at least until every fault is done)")
+    parser.add_argument("--out", type=Path, default=None, help="default: /tmp/autogolf-soak-<time>")
+    parser.add_argument("--seed", type=int, default=int(time.time()) % 10_000)
+    args = parser.parse_args(argv)
+    out = args.out or Path("/tmp") / f"autogolf-soak-{time.strftime('%Y%m%d-%H%M%S')}"
+    soak = Soak(out.resolve(), args.minutes, args.seed)
+    try:
+        data = soak.run()
+    finally:
+        soak.sampler.done.set()
+        subprocess.run([str(REPO / ".venv" / "bin" / "just"), "stop", "--kill-benchmark"], cwd=soak.project,
+                       env=soak.env, capture_output=True, timeout=120)
+        kill_tmux_server(soak.env)
+        soak.model.stop()
+    print((out / "report.txt").read_text())
+    return 0 if data["overlaps"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
