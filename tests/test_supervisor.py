@@ -347,7 +347,7 @@ def test_status_shows_a_stalled_trainer_with_its_hard_timeout(project, env, tmp_
     its hard timeout (the run lock says when), is stalled, not "starting"."""
     flag = tmp_path / "finish-now"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import os, sys, time; from pathlib import Path; from autogolf.runlock import RunLock\n"
+        "import os, sys, time; from pathlib import Path; from autogolf.run.runlock import RunLock\n"
         "lock = RunLock('hung-bench', Path(sys.argv[1])); lock.acquire(); now = time.time()\n"
         "lock.set_trainer_pid(os.getpid()); lock.note(trainer_started_at=now - 100, hard_timeout_at=now + 25)\n"
         "console = Path('logs/hung-bench.console.txt'); console.parent.mkdir(exist_ok=True)\n"
