@@ -15,6 +15,7 @@ import pytest
 from autogolf.agent import gate, gate_command, gate_keep, gate_paths, gate_shell
 from autogolf.fsutil import file_sha256
 from autogolf.judge import ledger, verdict
+from autogolf.run import profiles
 
 from conftest import REPO
 
@@ -124,12 +125,15 @@ def test_a_sized_breadth_takes_its_timeout_from_the_machine_record(root):
     record = {"tokens": 36864, "probe": {"train_tok_s": 1000.0, "fixed_s": 20.0, "at": "2026-12-01"}}
     (root / "logs" / "machine.json").write_text(json.dumps(
         {"host": socket.gethostname(), "profiles": {}, "sizing": {"breadth": record}}))
-    # expected 1.25 x (20 + 36.864) = 71.08 s; hard timeout 2 x that = 143 s; pi 286 + 20 + 60 = 366 -> 390
-    assert gate_command.pi_timeout("breadth", root, [])[0] == 390
-    record["measured"] = {"tokens": 36864, "trainer_s": 100.0, "at": "2026-12-01"}
+    # unmeasured: the probe's prediction times breadth's probe_allowance (profiles.toml, 1.75):
+    # 1.75 x (20 + 36.864) = 99.5 s; hard timeout 2 x that = 199.02 -> 200 s; pi 400 + 20 + 60 = 480
+    assert profiles.load("breadth", environ={}).sizing.probe_allowance == 1.75
+    assert gate_command.pi_timeout("breadth", root, [])[0] == 480
+    record["measured"] = {"tokens": 36864, "trainer_s": 150.0, "at": "2026-12-01"}
     (root / "logs" / "machine.json").write_text(json.dumps(
         {"host": socket.gethostname(), "profiles": {}, "sizing": {"breadth": record}}))
-    assert gate_command.pi_timeout("breadth", root, [])[0] == 480  # 2 x 200 + 20 + 60 = 480
+    # measured: 2 x 150 = 300 s, whatever the allowance; pi 600 + 20 + 60 = 680 -> 690
+    assert gate_command.pi_timeout("breadth", root, [])[0] == 690
 
 
 # --------------------------------------------------------------------------- log_experiment
