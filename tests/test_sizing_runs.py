@@ -75,7 +75,7 @@ def test_the_first_breadth_run_sizes_the_machine_and_later_runs_follow_it(projec
     out = run_bench(project, breadth_env(env), timeout=600)
     assert out.returncode == 0, out.stdout[-4000:]
     assert out.stdout.rstrip().splitlines()[-1].startswith(
-        f"VERDICT keep delta=n/a") and f"new baseline: the training budget changed from {old:,} tokens " \
+        "VERDICT keep delta=n/a") and f"new baseline: the training budget changed from {old:,} tokens " \
         f"to {new:,} tokens" in out.stdout
     status = subprocess.run([".venv/bin/python", "-m", "autogolf.agent.status"], cwd=project, env=env,
                             capture_output=True, text=True, timeout=60).stdout

@@ -177,7 +177,7 @@ def start() -> int:
                 window.active_pane.respawn(shell=command, start_directory=str(session.REPO_ROOT), kill=True)
             session.log_event("supervisor_replaced", f"session {name} had no live supervisor")
         if not _wait(session.supervisor_running, 20):
-            say(f"the supervisor did not start; see logs/supervisor.log and `just attach`")
+            say("the supervisor did not start; see logs/supervisor.log and `just attach`")
             return 1
     finally:
         os.close(fd)

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import math
 import re
-import time
 from dataclasses import dataclass, field
 
 from autogolf.textutil import say

@@ -15,7 +15,6 @@ console captures and the ledger are never deleted: every run stays fully describ
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 from pathlib import Path
