@@ -384,7 +384,8 @@ def _size_to_machine(state: RunState) -> float | None:
     if mode == "off":
         row["sizing"] = {"state": "off (AUTOGOLF_SIZING=off): the profile's budget and timeout"}
         return None
-    if probe.needs_probe(profile, REPO_ROOT):
+    probed_now = probe.needs_probe(profile, REPO_ROOT)
+    if probed_now:
         state.lock.set_deadline(time.time() + probe.PROBE_TIMEOUT_SECONDS + 2 * state.grace + 60)
 
         def spawn(cmd, probe_env, console, limit, on_line):
@@ -408,7 +409,9 @@ def _size_to_machine(state: RunState) -> float | None:
     tokens = int(row["budget"]["value"])
     expected, basis = sizing.expected_trainer_s(record, tokens, profile.sizing.probe_allowance)
     then = ((record.get("measured") or {}) if basis.startswith("measured") else record["probe"]).get("sgemm_gflops")
-    now = probe.machine_gflops()
+    # Right after this run's own probe the machine is as measured: a second sgemm reading
+    # seconds later swung by 1.6x here (noise), and would only stretch the timeout for nothing.
+    now = then if probed_now else probe.machine_gflops()
     factor = sizing.slowdown(then, now)
     timeout = sizing.hard_timeout(profile.sizing, expected, factor)
     row["sizing"] = {"state": "sized", "tokens": tokens, "chosen_tokens": record.get("tokens"),
