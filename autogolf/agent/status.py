@@ -226,14 +226,18 @@ def sizing_lines(runs: list[dict]) -> list[str]:
         return [f"sizing   {e}"]
     for name, record in sorted((machine.get("sizing") or {}).items()):
         probe = record.get("probe") or {}
-        measured = record.get("measured") or {}
-        expected = measured.get("trainer_s") or \
-            float(record.get("probe_allowance") or 1.0) * float(record.get("predicted_trainer_s") or 0)
-        margin = float(record.get("timeout_margin") or 2.0)
-        timeout = max(float(record.get("min_timeout_seconds") or 0), math.ceil(margin * expected))
+        try:
+            rules = profiles.load(name, environ={}).sizing
+        except profiles.ProfileError:
+            rules = None
+        if rules is None or not probe.get("train_tok_s"):
+            continue  # a profile no longer sized, or a record without a probe
+        # the run's own rule (run/sizing.py), without today's sgemm stretch
+        expected, basis = sizing.expected_trainer_s(record, int(record.get("tokens", 0)), rules.probe_allowance)
+        timeout = sizing.hard_timeout(rules, expected)
         lines.append(f"sizing   {name}: {record.get('tokens', 0):,} tokens (probe {str(probe.get('at', '?'))[:16]}: "
                      f"{probe.get('train_tok_s', 0):.0f} tok/s, sgemm {probe.get('sgemm_gflops')} GFLOP/s); "
-                     f"baseline trainer {expected:.0f} s ({'measured' if measured else 'predicted'}), "
+                     f"baseline trainer {expected:.0f} s ({basis.split()[0]}), "
                      f"timeout about {timeout:.0f} s, pi timeout_seconds {sizing.pi_timeout(timeout, 10.0)}")
     # what the guard (agent/guard) sets on run_experiment now: the ledger's latest value per
     # profile, else the harness's computed one (autogolf/agent/gate_command.py)
