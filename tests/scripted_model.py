@@ -11,7 +11,9 @@ the conversation was, and a retried request gets the same answer.
 
 A turn is {"tool": NAME, "args": {...}} or {"text": "..."}. In tool arguments, a string
 "{metric:NAME}" becomes the number in the latest `METRIC NAME=<x>` line of a tool result (0 when
-there is none), so the scripted model logs what the benchmark really printed. After the last
+there is none), so the scripted model logs what the benchmark really printed, and the string
+"{verdict}" becomes "keep" when the latest benchmark output's VERDICT line says keep, else
+"discard" (an honest agent's log_experiment status). After the last
 turn the server answers with plain text ("Script finished."), which leaves pi idle.
 
     python tests/scripted_model.py --script turns.json --port-file port.txt --requests requests.jsonl
@@ -53,7 +55,19 @@ def latest_metric(messages: list[dict], name: str) -> float:
     return 0.0
 
 
+def latest_verdict(messages: list[dict]) -> str:
+    """keep when the latest tool result's VERDICT line says keep; else discard (also when that
+    result has no VERDICT: a run cut short is never a keep, whatever an earlier one said)."""
+    for message in reversed(messages):
+        if message.get("role") in ("tool", "toolResult"):
+            found = re.findall(r"^VERDICT\s+(\w+)", _text_of(message), re.M)
+            return "keep" if found and found[-1] == "keep" else "discard"
+    return "discard"
+
+
 def fill(value, messages: list[dict]):
+    if value == "{verdict}":
+        return latest_verdict(messages)
     if isinstance(value, str):
         match = PLACEHOLDER.match(value)
         return latest_metric(messages, match[1]) if match else value

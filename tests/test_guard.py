@@ -324,6 +324,30 @@ def test_the_gate_journals_every_decision_and_counts_blocks_by_kind(root):
     assert all(r["reason"] and r["at"] for r in journal)
 
 
+def gate_cli(root, tool: str, tool_input: dict) -> dict:
+    out = subprocess.run([sys.executable, "-m", "autogolf.agent.gate", tool, "--root", str(root)],
+                         input=json.dumps(tool_input), capture_output=True, text=True, cwd=REPO, timeout=60)
+    return json.loads(out.stdout)
+
+
+def test_a_run_is_logged_once_a_second_keep_is_refused(root):
+    add_run(root, "r1", val_bpb=2.75)
+    first = gate_cli(root, "log_experiment", {"status": "keep", "metric": 2.75})
+    assert first["allow"] and first["run_id"] == "r1"
+    again = gate_cli(root, "log_experiment", {"status": "keep", "metric": 0.01})
+    assert not again["allow"]
+    assert "keep refused: run r1 was already logged (keep at " in again["reason"]
+    # discarding it is harmless and stays allowed; a new run can be kept
+    assert gate_cli(root, "log_experiment", {"status": "discard", "metric": 1})["allow"]
+    add_run(root, "r2", val_bpb=2.70)
+    assert gate_cli(root, "log_experiment", {"status": "keep", "metric": 2.70})["allow"]
+    # a discard of r3 logs it too: a keep after it is refused
+    add_run(root, "r3", val_bpb=2.60)
+    assert gate_cli(root, "log_experiment", {"status": "discard", "metric": 2.60})["allow"]
+    assert "run r3 was already logged (discard at" in gate_cli(root, "log_experiment", {"status": "keep"})["reason"]
+    assert [r.get("run_id") for r in gate.read_journal(root)] == ["r1", "r1", "r1", "r2", "r3", "r3"]
+
+
 def test_the_cli_fails_closed_on_an_unreadable_input(root):
     out = subprocess.run([sys.executable, "-m", "autogolf.agent.gate", "bash", "--root", str(root)],
                          input="not json", capture_output=True, text=True, cwd=REPO, timeout=60)

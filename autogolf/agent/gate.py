@@ -48,7 +48,7 @@ def decide(tool: str, tool_input: dict, root: Path) -> dict:
     if tool == "run_experiment":
         decision = gate_command.decide(tool_input, root)
     elif tool == "log_experiment":
-        decision = gate_keep.decide(tool_input, root)
+        decision = gate_keep.decide(tool_input, root, journal=read_journal(root))
     elif tool in ("edit", "write"):
         decision = gate_paths.decide(tool, tool_input, root)
     else:
@@ -62,7 +62,8 @@ def record(root: Path, tool: str, decision: dict, tool_input: dict) -> None:
         if isinstance(tool_input, dict) else None
     ledger.append({"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "epoch": round(time.time(), 3),
                    "tool": tool, "kind": decision.get("kind"), "allowed": bool(decision.get("allow")),
-                   "reason": decision.get("reason", ""), "what": str(what)[:300] if what is not None else None},
+                   "reason": decision.get("reason", ""), "what": str(what)[:300] if what is not None else None,
+                   **({"run_id": decision["run_id"]} if decision.get("run_id") else {})},
                   journal_path(root))
 
 

@@ -9,6 +9,10 @@ typed. So:
             in the working tree is the one that run measured (else the commit would hold
             code nobody measured). Otherwise blocked, quoting the VERDICT line and what is
             missing.
+            A run is logged once: a keep of a run the guard already let through a
+            log_experiment for (keep or discard, by the journal logs/agent/guard.jsonl) is
+            refused, so one vouched-for run cannot be kept twice (a second keep would commit
+            whatever the working tree holds by then under the first run's number).
   others    discard, crash and checks_failed are always allowed: they revert, which is
             never the dangerous direction.
 Whatever the status, the metric recorded is the ledger's val_bpb for that run (the median
@@ -99,14 +103,28 @@ def _rewrite(tool_input: dict, run: dict | None) -> tuple[dict, str]:
     return new_input, "; ".join(notes)
 
 
-def decide(tool_input: dict, root: Path, runs: list[dict] | None = None) -> dict:
+def already_logged(run: dict | None, journal: list[dict]) -> dict | None:
+    """The guard's earlier let-through log_experiment of this run, if any."""
+    if run is None:
+        return None
+    return next((r for r in journal if r.get("tool") == "log_experiment" and r.get("allowed") is True
+                 and r.get("run_id") == run.get("run_id")), None)
+
+
+def decide(tool_input: dict, root: Path, runs: list[dict] | None = None, journal: list[dict] = ()) -> dict:
+    """The decision; `journal` is the guard's earlier decisions (gate.read_journal)."""
     runs = ledger.runs(ledger.default_path(root)) if runs is None else runs
     run, running = latest_finished(runs)
     status = tool_input.get("status")
     new_input, note = _rewrite(tool_input, run)
+    run_id = {"run_id": run.get("run_id")} if run is not None else {}
     if status in ALWAYS_ALLOWED:
         return {"allow": True, "reason": f"{status} is always allowed" + (f"; {note}" if note else ""),
-                "input": new_input}
+                "input": new_input, **run_id}
+    return {**_decide_keep(status, run, running, runs, journal, root, new_input, note), **run_id}
+
+
+def _decide_keep(status, run, running, runs, journal, root: Path, new_input: dict, note: str) -> dict:
     if status != "keep":
         return {"allow": False, "reason": f"log_experiment status {status!r} is not one of keep, "
                                           f"{', '.join(ALWAYS_ALLOWED)}"}
@@ -116,6 +134,11 @@ def decide(tool_input: dict, root: Path, runs: list[dict] | None = None) -> dict
     if run is None:
         return {"allow": False, "reason": "keep refused: the ledger (logs/runs.jsonl) has no finished "
                                           "run; run the benchmark with run_experiment first"}
+    earlier = already_logged(run, journal)
+    if earlier is not None:
+        return {"allow": False, "reason": (
+            f"keep refused: run {run.get('run_id')} was already logged ({earlier.get('what')} at "
+            f"{earlier.get('at')}); a run is logged once. Change the trainer and run the benchmark again.")}
     line = verdict.format_line(run["verdict"]) if (run.get("verdict") or {}).get("call") else "no VERDICT"
     missing = what_is_missing(run, runs, root)
     if missing:

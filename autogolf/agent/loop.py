@@ -266,16 +266,18 @@ def stop(kill_benchmark: bool, wait: bool) -> int:
     bench = session.benchmark_state()
     spare = benchmark_tree(bench) if bench["running"] and not kill_benchmark else set()
     if sess is not None:
+        trees: list[int] = []
         for window in list(sess.windows):
             for pane in window.panes:
                 try:
                     root = psutil.Process(int(pane.pane_pid))
-                    tree = [root.pid] + [p.pid for p in root.children(recursive=True)]
+                    trees += [root.pid] + [p.pid for p in root.children(recursive=True)]
                 except (psutil.Error, TypeError, ValueError):
-                    tree = []
-                # With a benchmark to spare, SIGKILL: pi would abort its running tool on SIGTERM,
-                # and that tool is the benchmark (pi's session file is append-only: nothing lost).
-                _terminate([pid for pid in tree if pid not in spare], grace=5.0, hard=bool(spare))
+                    pass
+        # Every pane at once, so the grace is paid once, not per pane. With a benchmark to
+        # spare, SIGKILL: pi would abort its running tool on SIGTERM, and that tool is the
+        # benchmark (pi's session file is append-only: nothing is lost).
+        _terminate([pid for pid in trees if pid not in spare], grace=2.0, hard=bool(spare))
         try:
             sess.kill()
         except Exception:
