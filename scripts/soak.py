@@ -188,18 +188,27 @@ class Sampler(threading.Thread):
         return min(later) if later else None
 
 
-def unguarded_pi(project: Path, env: dict) -> str:
+def unguarded_pi(project: Path, env: dict, out: Path) -> str:
     """The loop's own pi command line less the guard's `-e`: for measuring what the guard costs
     (never for a night: without the guard pi-autoresearch takes the agent's word)."""
-    out = subprocess.run([str(project / ".venv" / "bin" / "python"), "-m", "autogolf.agent.launch",
-                          "--print-command", "--resume", "no"], cwd=project, env=env,
-                         capture_output=True, text=True, timeout=120, check=True)
-    cmd = shlex.split(out.stdout.strip().splitlines()[-1])
+    printed = subprocess.run([str(project / ".venv" / "bin" / "python"), "-m", "autogolf.agent.launch",
+                              "--print-command", "--resume", "no"], cwd=project, env=env,
+                             capture_output=True, text=True, timeout=120, check=True)
+    cmd = shlex.split(printed.stdout.strip().splitlines()[-1])
     at = next(i for i, arg in enumerate(cmd) if arg == "-e" and cmd[i + 1].endswith("guard/index.ts"))
     del cmd[at:at + 2]
     # a restart resumes the session (launch.py does the same for pi: --continue and a message)
     first, resume = shlex.join(cmd), shlex.join(cmd[:-1] + ["--continue"])
-    return f'if [ "$AUTOGOLF_AGENT_RESUME" = 1 ]; then exec {resume} "$AUTOGOLF_AGENT_MESSAGE"; else exec {first}; fi'
+    # what launch.py gives pi and not another agent: Node on PATH, pi offline and quiet
+    path = subprocess.run([str(project / ".venv" / "bin" / "python"), "-c",
+                           "from autogolf.agent import install; print(install.agent_path())"], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+    script = out / "unguarded-pi.sh"
+    script.write_text("set -euo pipefail\n"
+                      f"export PATH={shlex.quote(path)} PI_SKIP_VERSION_CHECK=1 PI_TELEMETRY=0 PI_OFFLINE=1\n"
+                      f'if [ "$AUTOGOLF_AGENT_RESUME" = 1 ]; then exec {resume} "$AUTOGOLF_AGENT_MESSAGE"; fi\n'
+                      f"exec {first}\n")
+    return f"bash {shlex.quote(str(script))}"
 
 
 def end_lines(end: dict | None) -> list[str]:
@@ -272,7 +281,7 @@ class Soak:
                              PI_CODING_AGENT_DIR=str(agent_dir), AUTOGOLF_PI_PROVIDER="scripted",
                              AUTOGOLF_PI_MODEL="scripted")
         if not guard:
-            self.env["AUTOGOLF_AGENT_CMD"] = unguarded_pi(self.project, self.env)
+            self.env["AUTOGOLF_AGENT_CMD"] = unguarded_pi(self.project, self.env, out)
         self.lock_path = Path(self.env["AUTOGOLF_LOCK_PATH"])
         self.sampler = Sampler(self.lock_path, self.project)
         self.state_file = self.project / "logs" / "agent" / "state.json"
@@ -426,6 +435,8 @@ class Soak:
         t0 = time.time()
         started = self.just("autoresearch")
         self.log(f"just autoresearch: rc {started.returncode}: {started.stdout.strip()[-300:]} {started.stderr[-300:]}")
+        if started.returncode != 0:
+            raise SystemExit(f"soak: `just autoresearch` failed (rc {started.returncode}); see above")
         wait_for(lambda: self.sampler.starts or None, 300, "the first benchmark")
         self.log("first benchmark started")
         order = FAULTS[:]
