@@ -32,6 +32,19 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 COMPUTE_DTYPE = mx.bfloat16
 
+# --- autogolf: harness hook (not upstream's) ----------------------------------------------
+# Where the autogolf harness is installed, it speeds up the CPU: an optimized BLAS, float32
+# compute, faster CPU versions of mx.fast.scaled_dot_product_attention and mx.fast.rope (the
+# same mathematics), batches spread over CPU streams. See autogolf/run/cpu_speed.py. Without
+# it (a submission, upstream's machines) and on Metal or CUDA, this file runs as upstream's.
+try:
+    from autogolf.run.cpu_speed import install as _autogolf_install
+except ImportError:
+    _autogolf_install = None
+if _autogolf_install is not None:
+    COMPUTE_DTYPE = _autogolf_install(COMPUTE_DTYPE, __name__)
+# --- end autogolf -------------------------------------------------------------------------
+
 # ==============================================================================
 # HYPERPARAMETERS
 # ==============================================================================
@@ -1098,6 +1111,31 @@ def main() -> None:
     q_eval_ms = 1000.0 * (time.perf_counter() - q_t0)
     log(f"final_int8_zlib_roundtrip val_loss:{q_val_loss:.4f} val_bpb:{q_val_bpb:.4f} eval_time:{q_eval_ms:.0f}ms")
     log(f"final_int8_zlib_roundtrip_exact val_loss:{q_val_loss:.8f} val_bpb:{q_val_bpb:.8f}")
+
+
+# --- autogolf: harness contract (not upstream's) ------------------------------------------
+# The harness scores every run's artifact itself, in its own process (autogolf/measure/
+# score.py); from this file it takes only the model, rebuilt from the artifact's bytes.
+# Change the model and the export format freely; keep this function working.
+def harness_load(blob: bytes):
+    """(logits, seq_len): logits(ids) maps int32 token ids (B, seq_len) to float32 next-token
+    logits (B, seq_len, vocab); position t may read ids[:, :t + 1] only. Settings come from
+    the environment, as for training."""
+    args = Hyperparameters()
+    model = GPT(vocab_size=args.vocab_size, num_layers=args.num_layers, dim=args.model_dim,
+                num_heads=args.num_heads, num_kv_heads=args.num_kv_heads, mlp_mult=args.mlp_mult,
+                logit_chunk_tokens=args.logit_chunk_tokens, logit_softcap=args.logit_softcap,
+                rope_base=args.rope_base, tied_embed_init_std=args.tied_embed_init_std,
+                qk_gain_init=args.qk_gain_init)
+    model.update(tree_unflatten(list(dequantize_state_dict_int8(pickle.loads(zlib.decompress(blob))).items())))
+
+    def forward(x: mx.array) -> mx.array:
+        h = model(x)
+        return model.softcap(h @ model.tok_emb.weight.astype(h.dtype).T).astype(mx.float32)
+
+    compiled = mx.compile(forward, inputs=model.state)
+    return (lambda ids: compiled(mx.array(ids, dtype=mx.int32))), args.train_seq_len
+# --- end autogolf -------------------------------------------------------------------------
 
 
 if __name__ == "__main__":

@@ -458,7 +458,11 @@ def _measure(state: RunState) -> None:
         shard_tokens = None
         say(f"autoresearch: warning: {e}")
     state.result = metrics.compute(parsed, code_bytes=state.trainer_bytes, train_shard_tokens=shard_tokens)
-    state.row["backend"], state.row["mlx_version"] = parsed.backend, parsed.mlx_version
+    # The `backend:` line comes from the harness's CPU hook (run/cpu_speed.py), which prints
+    # to the console only: upstream's log file starts with the trainer's source.
+    backend = parsed.backend or (logparse.parse_file(state.console_path).backend
+                                 if state.console_path.is_file() else None)
+    state.row["backend"], state.row["mlx_version"] = backend, parsed.mlx_version
     state.row["train_s"] = (parsed.train_time_ms or 0) / 1000.0
 
 
