@@ -358,6 +358,8 @@ def _prepare_environment(state: RunState) -> None:
     row["settings"] = _settings(state.trainer, env, profile)
     row["blas_preload"] = env.get("LD_PRELOAD", "")
     state.launch = row["distributed"] = distributed.plan(env)  # NPROC / HOSTS: mlx.launch
+    if state.launch:
+        distributed.require_support(state.trainer)
     row["settings"].update({k: env[k] for k in ("NPROC", "HOSTS") if env.get(k)})
 
 
