@@ -33,6 +33,7 @@ This module never writes files; it is imported read-only from the installed pack
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -127,6 +128,20 @@ def unpatch_primitives() -> None:
 
     if _ORIGINAL:
         mx.fast.scaled_dot_product_attention, mx.fast.rope = _ORIGINAL["sdpa"], _ORIGINAL["rope"]
+
+
+@contextlib.contextmanager
+def own_primitives():
+    """Within it, MLX's own mx.fast functions (what Metal and CUDA run); afterwards, whatever
+    was installed before (tests compare the two on the CPU)."""
+    import mlx.core as mx
+
+    before = mx.fast.scaled_dot_product_attention, mx.fast.rope
+    unpatch_primitives()
+    try:
+        yield
+    finally:
+        mx.fast.scaled_dot_product_attention, mx.fast.rope = before
 
 
 def table_rope(a, dims: int, base: float, scale: float, offset: int):
