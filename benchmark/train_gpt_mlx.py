@@ -1135,12 +1135,14 @@ def harness_load(blob: bytes):
     """(logits, seq_len): logits(ids) maps int32 token ids (B, seq_len) to float32 next-token
     logits (B, seq_len, vocab); position t may read ids[:, :t + 1] only. Settings come from
     the environment, as for training."""
-    args = Hyperparameters()
-    model = GPT(vocab_size=args.vocab_size, num_layers=args.num_layers, dim=args.model_dim,
-                num_heads=args.num_heads, num_kv_heads=args.num_kv_heads, mlp_mult=args.mlp_mult,
-                logit_chunk_tokens=args.logit_chunk_tokens, logit_softcap=args.logit_softcap,
-                rope_base=args.rope_base, tied_embed_init_std=args.tied_embed_init_std,
-                qk_gain_init=args.qk_gain_init)
+    import inspect
+
+    # GPT as main() builds it: each argument from the Hyperparameters field of its name (a new
+    # argument named like its field needs no change here); model state that training changes
+    # besides the weights (a flag switched on mid-run, say) must be set here too.
+    args, field = Hyperparameters(), {"dim": "model_dim"}
+    names = [n for n in inspect.signature(GPT.__init__).parameters if hasattr(args, field.get(n, n))]
+    model = GPT(**{n: getattr(args, field.get(n, n)) for n in names})
     model.update(tree_unflatten(list(dequantize_state_dict_int8(pickle.loads(zlib.decompress(blob))).items())))
 
     def forward(x: mx.array) -> mx.array:
