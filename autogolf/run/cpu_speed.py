@@ -24,7 +24,7 @@ With it, on a CPU only (Metal and CUDA are left exactly as upstream), `install`:
         mask is always the one applied;
       mx.fast.rope: the same rotation from cos/sin tables computed once per shape;
     every other case (sinks, traditional RoPE, custom freqs, ...) calls MLX's own function;
-  - spreads batches over CPU streams (see split_compiled): MLX runs each stream on its own
+  - spreads batches over CPU streams (_patch_compile, RowSplit): MLX runs each stream on its own
     thread, but its elementwise kernels single-threaded, so one stream leaves cores idle.
 AUTOGOLF_CPU_SPEED=0 turns all of it off (the trainer then is upstream's, bf16 included).
 
