@@ -69,6 +69,14 @@ test-fast *ARGS:
 settings:
     @{{py}} -m autogolf.settings
 
+# the trainer's diff against upstream's train_gpt_mlx.py at the pinned commit (works offline: upstream's file is in this repo's git history); --upstream prints upstream's file
+upstream-diff *ARGS:
+    @{{py}} -m autogolf.measure.upstream {{ARGS}}
+
+# how much of upstream's trainer ours keeps: code lines kept verbatim in order, missing names, diff size, bytes
+upstream-fidelity *ARGS:
+    @{{py}} scripts/upstream_fidelity.py {{ARGS}}
+
 # trainer throughput: FLOPs/token, tok/s, GFLOP/s vs a measured sgemm peak (and upstream if present)
 bench-trainer *ARGS:
     {{py}} scripts/bench_trainer.py {{ARGS}}

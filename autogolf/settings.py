@@ -54,6 +54,8 @@ _DECLARED = (
             "", "run/runlock"),
     Setting("AUTOGOLF_BLAS", "", "the BLAS library to preload for MLX on Linux CPU (a path, or 'none')",
             "run/blas"),
+    Setting("AUTOGOLF_CPU_SPEED", "", "0 turns off the trainer's CPU speed-ups (BLAS, float32, fast CPU attention "
+            "and RoPE, CPU streams): the trainer then runs as upstream's", "run/cpu_speed"),
     Setting("AUTOGOLF_RING_PORT", "", "first TCP port of the ring backend for NPROC / HOSTS (default: a "
             "free one)", "run/distributed"),
     Setting("AUTOGOLF_HOLDOUT", "", "'every' scores the hidden holdout on every run, not only on "

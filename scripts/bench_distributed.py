@@ -86,6 +86,11 @@ def reference_trainer(rev: str, work: Path) -> Path | None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    try:  # upstream's trainer (the default) is one process: nothing to compare
+        distributed.require_support(TRAINER)
+    except distributed.LaunchError as e:
+        print(f"bench_distributed: {e}", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="bench_distributed_") as tmp:
         work = Path(tmp)
         runs = {}

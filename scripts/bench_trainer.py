@@ -4,7 +4,8 @@ an sgemm peak measured in the same run (`just bench-trainer`).
 
 It runs the trainer (benchmark/train_gpt_mlx.py) for a few steps on a fixed config and
 reads the trainer's own `step:` lines. When upstream's trainer is present
-(.upstream/parameter-golf/train_gpt_mlx.py, or --upstream PATH) it also runs it on the
+(.upstream/parameter-golf/train_gpt_mlx.py, else this repository's git copy of it, or
+--upstream PATH) it also runs it on the
 same data and config, twice: as-is (bfloat16 compute), and as a "savvy user" would run it
 (float32 compute, patched into a temporary copy outside the repo), and prints ours/upstream.
 
@@ -190,8 +191,8 @@ def trainer_env(c: Config, data_dir: Path, tokenizer: Path, out_dir: Path, run: 
         "NUM_KV_HEADS": str(c.kv_heads), "MLP_MULT": str(c.mlp_mult), "VOCAB_SIZE": str(c.vocab),
         # a step line for every step, no periodic validation, no wall-clock cap
         "TRAIN_LOG_EVERY": "1", "VAL_LOSS_EVERY": "0", "MAX_WALLCLOCK_SECONDS": "0",
-        # the one-sequence validation split (ours also honours VAL_MAX_TOKENS)
-        "VAL_BATCH_SIZE": str(c.seq_len), "VAL_MAX_TOKENS": str(c.seq_len),
+        # the one-sequence validation split
+        "VAL_BATCH_SIZE": str(c.seq_len),
         "PYTHONUNBUFFERED": "1",
     })
     return env
@@ -423,6 +424,23 @@ def bench(args, c, f: dict, trainer: Path, upstream: Path, use_upstream: bool, d
     return 1 if failed else 0
 
 
+def upstream_from_git(work: Path) -> Path | None:
+    """Upstream's trainer at the pinned commit from this repository's git objects
+    (autogolf/measure/upstream.py), written into the work folder; None if it is not there."""
+    from autogolf.measure.upstream import UpstreamMissing, upstream_bytes
+
+    try:
+        data, where = upstream_bytes()
+    except UpstreamMissing as e:
+        print(f"upstream: {e}")
+        return None
+    path = work / "upstream" / "train_gpt_mlx.py"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data)
+    print(f"upstream: {where}")
+    return path
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     c = CONFIGS[args.config]
@@ -431,11 +449,13 @@ def main(argv=None) -> int:
     if not trainer.is_file():
         sys.exit(f"error: trainer {trainer} not found; pass --trainer PATH")
     upstream = Path(args.upstream).resolve()
-    use_upstream = not args.no_upstream and upstream.is_file() and args.modes
     data_src, tokenizer = resolve_data(args)
     print_header(args, c, f, data_src, tokenizer)
     work = Path(tempfile.mkdtemp(prefix="bench_trainer_"))
     try:
+        if not upstream.is_file() and args.upstream == str(DEFAULT_UPSTREAM):
+            upstream = upstream_from_git(work)  # not bootstrapped: this repository's copy of it
+        use_upstream = not args.no_upstream and upstream is not None and upstream.is_file() and args.modes
         return bench(args, c, f, trainer, upstream, use_upstream, data_src, tokenizer, work)
     finally:
         if not args.keep:

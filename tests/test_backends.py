@@ -1,17 +1,19 @@
-"""Every backend's row of tests/backends.py against the trainer's own choices. This machine's
-row runs for real; the Metal and CUDA rows run their branches of the trainer's logic on the
-CPU (bf16 compute, fused attention, nn.RoPE), which is as far as MLX lets a CPU go: the
-kernels themselves run only on a Mac or an NVIDIA GPU."""
+"""Every backend's row of tests/backends.py against what the trainer really does. This
+machine's row runs for real; the Metal and CUDA rows run their branch on the CPU: the trainer
+exactly as upstream's (bf16 compute, MLX's own fused attention and RoPE), which is what the
+harness's hook leaves on a GPU. The kernels themselves run only on a Mac or an NVIDIA GPU."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
 import pytest
 
-from backends import EXPECTED, EXPECTED_BLAS, this_backend
-from trainer_helpers import TINY, import_trainer
+from autogolf.run import cpu_speed
+from backends import EXPECTED, this_backend
+from trainer_helpers import import_trainer
 
 
 @pytest.fixture(scope="module")
@@ -19,89 +21,78 @@ def trainer():
     return import_trainer()
 
 
-def hyperparameters(trainer, **env):
-    # CPU_STREAMS=1: one stream, so setup_backend leaves this process's BLAS threads alone
-    return trainer.hyperparameters_from_env({**TINY, "ATTN_BLOCK_SIZE": "-1", "CPU_STREAMS": "1", **env})
-
-
 def test_this_machine_is_a_row_of_the_table(trainer):
-    assert trainer.detect_backend() == this_backend()
-    assert set(trainer.BACKEND_DEFAULTS) == set(EXPECTED)
-
-
-@pytest.mark.parametrize("backend", list(EXPECTED))
-def test_defaults_follow_the_table(trainer, backend):
     import mlx.core as mx
 
-    name, dtype, block, cpu, _, streams = trainer.setup_backend(hyperparameters(trainer), backend)
-    want = EXPECTED[backend]
-    assert name == backend
-    assert dtype == getattr(mx, want["compute_dtype"])
-    assert block == want["attn_block_size"] and cpu == want["cpu_machinery"]
-    assert (len(streams) == 1) == want["cpu_machinery"]  # CPU_STREAMS=1; none on a GPU
-    # the environment overrides both defaults, on every backend
-    _, dtype, block, *_ = trainer.setup_backend(
-        hyperparameters(trainer, COMPUTE_DTYPE="float16", ATTN_BLOCK_SIZE="32"), backend)
-    assert (dtype, block) == (mx.float16, 32)
+    assert this_backend() in EXPECTED
+    want = EXPECTED[this_backend()]
+    # the hook chose this row's compute dtype when the trainer loaded
+    assert trainer.COMPUTE_DTYPE == getattr(mx, want["compute_dtype"])
+    patched = bool(cpu_speed._ORIGINAL) and mx.fast.scaled_dot_product_attention is not cpu_speed._ORIGINAL["sdpa"]
+    assert patched == want["cpu_machinery"]
 
 
-@pytest.mark.parametrize("platform,lib,label", EXPECTED_BLAS)
-def test_blas_label(trainer, platform, lib, label):
-    assert trainer.blas_label(platform, lib) == label
-
-
-def model_for(trainer, backend: str, dtype_name: str, seed: int = 0):
-    """The model as the trainer builds it on `backend`, in dtype_name, on this CPU."""
+@pytest.mark.skipif(this_backend() != "cpu", reason="the CPU's choices; a GPU keeps upstream's")
+@pytest.mark.parametrize("env,dtype", [({}, "float32"), ({"COMPUTE_DTYPE": "float16"}, "float16"),
+                                       ({"AUTOGOLF_CPU_SPEED": "0"}, "bfloat16")])
+def test_compute_dtype_on_the_cpu(env, dtype):
+    """float32 by default on the CPU, COMPUTE_DTYPE overrides it, and with the hook off the
+    trainer keeps upstream's bfloat16 (what Metal and CUDA run)."""
     import mlx.core as mx
 
-    args = hyperparameters(trainer)
-    _, _, block, cpu, _, _ = trainer.setup_backend(args, backend)
+    module = import_trainer(name=f"train_gpt_mlx_dtype_{dtype}", env=env)
+    assert module.COMPUTE_DTYPE == getattr(mx, dtype)
+
+
+def model_for(trainer, dtype_name: str, seed: int = 0):
+    """The trainer's model in dtype_name, with non-zero output projections (so attention
+    reaches the loss)."""
+    import mlx.core as mx
+
+    trainer.COMPUTE_DTYPE = getattr(mx, dtype_name)
     mx.random.seed(seed)
-    model = trainer.GPT(args, getattr(mx, dtype_name), block, cpu_rope=cpu)
-    for b in model.blocks:  # non-zero output projections, so attention reaches the loss
+    model = trainer.GPT(vocab_size=1024, num_layers=3, dim=128, num_heads=4, num_kv_heads=2, mlp_mult=2,
+                        logit_chunk_tokens=0, logit_softcap=30.0, rope_base=10000.0, tied_embed_init_std=0.005,
+                        qk_gain_init=1.5)
+    for b in model.blocks:
         b.attn.proj.weight = mx.random.normal(b.attn.proj.weight.shape) * 0.05
         b.mlp.proj.weight = mx.random.normal(b.mlp.proj.weight.shape) * 0.05
     return model
 
 
-def batch(seed: int = 1, rows: int = 2, seq: int = 160):  # two attention blocks on the CPU
+def batch(seed: int = 1, rows: int = 2, seq: int = 160):  # several attention blocks on the CPU
     import mlx.core as mx
 
     tokens = np.random.default_rng(seed).integers(0, 1024, size=rows * seq + 1).astype(np.int32)
     return mx.array(tokens[:-1].reshape(rows, seq)), mx.array(tokens[1:].reshape(rows, seq))
 
 
-@pytest.mark.parametrize("backend", ["metal", "cuda"])
-def test_gpu_branch_computes_what_the_cpu_branch_computes(trainer, backend):
-    """Same weights, float32: the GPU branch (fused attention over the whole causal mask,
-    nn.RoPE) and the CPU branch (blocked attention, RoPE tables) give the same loss and
-    gradients."""
-    import mlx.core as mx
+def loss_and_grads(trainer, dtype_name: str, gpu_branch: bool):
     import mlx.nn as nn
     from mlx.utils import tree_flatten
 
+    model = model_for(trainer, dtype_name)
     x, y = batch()
-    results = {}
-    for b in ("cpu", backend):
-        model = model_for(trainer, b, "float32")
-        loss, grads = nn.value_and_grad(model, lambda x, y: model.loss(x, y))(x, y)
-        results[b] = float(loss), dict(tree_flatten(grads))
-    assert abs(results["cpu"][0] - results[backend][0]) < 1e-5
-    for k, g in results["cpu"][1].items():
-        np.testing.assert_allclose(np.array(results[backend][1][k]), np.array(g), rtol=1e-3, atol=1e-6,
-                                   err_msg=k)
+    with cpu_speed.own_primitives() if gpu_branch else contextlib.nullcontext():
+        loss, grads = nn.value_and_grad(model, model.loss)(x, y)
+        return float(loss), {k: np.array(g.astype(model.skip_weights.dtype)) for k, g in tree_flatten(grads)}
+
+
+def test_gpu_branch_computes_what_the_cpu_path_computes(trainer):
+    """Same weights, float32: upstream's branch (MLX's fused attention and RoPE) and the CPU
+    path (blocked attention, RoPE tables) give the same loss and gradients."""
+    cpu = loss_and_grads(trainer, "float32", gpu_branch=False)
+    gpu = loss_and_grads(trainer, "float32", gpu_branch=True)
+    assert abs(cpu[0] - gpu[0]) < 1e-5
+    for k, g in cpu[1].items():
+        np.testing.assert_allclose(gpu[1][k], g, rtol=1e-3, atol=1e-6, err_msg=k)
 
 
 @pytest.mark.parametrize("backend", list(EXPECTED))
 def test_each_backend_trains_in_its_default_dtype(trainer, backend):
-    """One loss and gradient in the backend's default dtype (bf16 on a GPU): finite, and about
-    ln(vocab) at a near-uniform start."""
-    import mlx.core as mx
-    import mlx.nn as nn
-    from mlx.utils import tree_flatten
-
-    model = model_for(trainer, backend, EXPECTED[backend]["compute_dtype"])
-    x, y = batch()
-    loss, grads = nn.value_and_grad(model, lambda x, y: model.loss(x, y))(x, y)
-    assert abs(float(loss) - math.log(1024)) < 0.15
-    assert [k for k, g in tree_flatten(grads) if not bool(mx.all(mx.isfinite(g)))] == []
+    """One loss and gradient in the backend's default dtype (bf16 on a GPU) on its branch:
+    finite, and about ln(vocab) at a near-uniform start."""
+    want = EXPECTED[backend]
+    loss, grads = loss_and_grads(trainer, want["compute_dtype"], gpu_branch=not want["cpu_machinery"])
+    assert abs(loss - math.log(1024)) < 0.15
+    assert [k for k, g in grads.items() if not np.isfinite(g.astype(np.float32)).all()] == []

@@ -38,26 +38,25 @@ def edit(text: str, old: str, new: str) -> str:
 
 
 def bytes_plus_one(text: str) -> str:
-    return edit(text, "return base_bytes[y].astype(np.int64) + (has_space[y] & ~is_boundary[x])",
-                "return base_bytes[y].astype(np.int64) + (has_space[y] & ~is_boundary[x]) + 1")
+    return edit(text, "bytes_np = base_bytes_lut[tgt_ids].astype(np.int16, copy=True)\n",
+                "bytes_np = base_bytes_lut[tgt_ids].astype(np.int16, copy=True) + 1\n")
 
 
 def loss_scaled_down(text: str) -> str:
-    return edit(text, "    val_loss = loss_sum / token_count\n", "    val_loss = loss_sum / token_count * 0.99\n")
+    return edit(text, "    val_loss = total_loss_sum / total_tokens\n", "    val_loss = total_loss_sum / total_tokens * 0.99\n")
 
 
 def reads_targets(text: str) -> str:
     # each position also sees the embedding of the token it is asked to predict
-    return edit(text, "x = x0 = rms_norm(self.tok_emb(input_ids).astype(self.compute_dtype))",
-                "x = x0 = rms_norm((self.tok_emb(input_ids) + self.tok_emb(mx.roll(input_ids, -1, axis=1)))"
-                ".astype(self.compute_dtype))")
+    return edit(text, "x = rms_norm(self.tok_emb(input_ids).astype(COMPUTE_DTYPE))",
+                "x = rms_norm((self.tok_emb(input_ids) + self.tok_emb(mx.roll(input_ids, -1, axis=1)))"
+                ".astype(COMPUTE_DTYPE))")
 
 
 def raw_weights(text: str) -> str:
     # export keeps a copy of the raw weights next to the trainer; the loader reads that copy
-    line = next(l for l in text.splitlines(keepends=True) if l.strip() == "mx.savez(str(raw_path), **flat)")
-    indent = line[:len(line) - len(line.lstrip())]
-    text = edit(text, line, f"{line}{indent}mx.savez(str(Path(__file__).with_suffix('.npz')), **flat)\n")
+    line = "    mx.savez(str(out_path), **flat_state)\n"
+    text = edit(text, line, f"{line}    mx.savez(str(Path(__file__).with_suffix('.npz')), **flat_state)\n")
     return edit(text, "    model.update(tree_unflatten(list(dequantize_state_dict_int8(pickle.loads(zlib.decompress(blob))).items())))\n",
                 "    model.update(tree_unflatten(list(mx.load(str(Path(__file__).with_suffix('.npz'))).items())))\n")
 

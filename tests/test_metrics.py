@@ -126,3 +126,16 @@ def test_metric_lines_format_and_order():
     assert all(METRIC_RE.match(l) for l in lines)
     assert lines[-1] == "METRIC val_bpb=1.50000000"
     assert not any("step_ms" in l for l in lines)  # non-finite values are never printed
+
+
+def test_code_bytes_are_the_trainer_files_not_what_the_log_says():
+    """A submission counts the trainer file's bytes: a `Code size:` or `Total submission size`
+    line the trainer printed (an edited trainer could print anything) does not replace them."""
+    text = ("serialized_model_int8_zlib:1000 bytes (payload:2000 raw_pickle:2100 payload_ratio:2.00x)\n"
+            "Code size: 10 bytes\n"
+            "Total submission size int8+zlib: 1010 bytes\n"
+            "final_int8_zlib_roundtrip_exact val_loss:5.01000000 val_bpb:3.01000000\n")
+    result = metrics.compute(logparse.parse_text(text), code_bytes=53_000)
+    assert result.metrics["code_bytes"] == 53_000 and result.metrics["total_bytes"] == 54_000
+    # without the file, the log's own line is all there is
+    assert metrics.compute(logparse.parse_text(text)).metrics["total_bytes"] == 1010

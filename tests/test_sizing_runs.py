@@ -28,7 +28,7 @@ def slow_steps(project, seconds: float) -> None:
     """The trainer sleeps after every optimizer step: a slower machine, or a slower change."""
     trainer = project / "benchmark" / "train_gpt_mlx.py"
     text = trainer.read_text()
-    anchor = "        step_s = time.perf_counter() - step_t0\n"
+    anchor = "        step_ms = 1000.0 * (time.perf_counter() - step_t0)\n"
     assert anchor in text
     trainer.write_text(text.replace(anchor, f"        time.sleep({seconds})\n" + anchor))
 

@@ -21,7 +21,7 @@ PYTHON = REPO / ".venv" / "bin" / "python"
 BOS_ID = 1
 NUM_VAL_DOCS = 20
 
-# The log contract (spec "Log contract"), one regex per line shape.
+# The log contract (spec "Log contract"): the lines upstream's trainer prints, one regex each.
 CONTRACT = {
     "model_params": re.compile(
         r"^model_params:(?P<n>\d+) vocab_size:(?P<V>\d+) layers:(?P<L>\d+) dim:(?P<D>\d+) heads:(?P<H>\d+) "
@@ -46,8 +46,6 @@ CONTRACT = {
         r"eval_time:(?P<ms>\d+)ms$"),
     "final_exact": re.compile(
         r"^final_int8_zlib_roundtrip_exact val_loss:(?P<loss>\d+\.\d{8}) val_bpb:(?P<bpb>\d+\.\d{8})$"),
-    "code_size": re.compile(r"^Code size: (?P<n>\d+) bytes$"),
-    "total_size": re.compile(r"^Total submission size int8\+zlib: (?P<n>\d+) bytes$"),
 }
 STOPPING_EARLY = re.compile(r"^stopping_early: wallclock_cap train_time:(?P<ms>\d+)ms step:(?P<s>\d+)/(?P<it>\d+)$")
 
@@ -90,11 +88,12 @@ TINY = {
 }
 
 
-def run_trainer(env_overrides: dict, out_dir: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_trainer(env_overrides: dict, out_dir: Path, timeout: float = 300,
+                trainer: Path = TRAINER) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in TINY}
     env.update({"OUT_DIR": str(out_dir), "PYTHONUNBUFFERED": "1"})
     env.update({k: str(v) for k, v in env_overrides.items()})
-    return subprocess.run([str(PYTHON if PYTHON.exists() else sys.executable), str(TRAINER)], env=env,
+    return subprocess.run([str(PYTHON if PYTHON.exists() else sys.executable), str(trainer)], env=env,
                           capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
@@ -109,10 +108,33 @@ def parse_log(text: str) -> dict[str, list[dict]]:
     return found
 
 
-def import_trainer():
-    """The trainer as a module, without running main()."""
-    spec = importlib.util.spec_from_file_location("train_gpt_mlx_under_test", TRAINER)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
-    spec.loader.exec_module(module)
+def import_trainer(path: Path = TRAINER, name: str = "train_gpt_mlx_under_test", env: dict | None = None):
+    """The trainer as a module, without running main(). Upstream's Hyperparameters read the
+    environment when the module loads: `env` is set for that moment only. CPU_STREAMS=1 so
+    the hook leaves this process's BLAS threads alone."""
+    saved = dict(os.environ)
+    os.environ.update({"CPU_STREAMS": "1", **(env or {})})
+    try:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     return module
+
+
+def upstream_copy(dest_dir: Path, fp32: bool) -> Path:
+    """Upstream's trainer at the pinned commit (autogolf/measure/upstream.py), as-is or with
+    its compute dtype patched to float32 (what a user comparing in float32 would do)."""
+    from autogolf.measure.upstream import upstream_source
+
+    source = upstream_source()
+    if fp32:
+        assert source.count("COMPUTE_DTYPE = mx.bfloat16\n") == 1
+        source = source.replace("COMPUTE_DTYPE = mx.bfloat16\n", "COMPUTE_DTYPE = mx.float32\n")
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    path = dest_dir / f"upstream_{'fp32' if fp32 else 'as_is'}.py"
+    path.write_text(source, encoding="utf-8")
+    return path

@@ -8,10 +8,9 @@ Metric definitions (all are printed as `METRIC name=value`):
   val_bpb                  bits/byte after the int8+zlib round trip (the `_exact` line): the score
   pre_quant_val_bpb        the last `step:.. val_bpb` line (before quantization)
   delta_bpb_roundtrip      val_bpb - pre_quant_val_bpb: what the int8+zlib export costs
-  total_bytes              artifact = code bytes + int8+zlib model bytes (the log's
-                           `Total submission size int8+zlib:` when present; code bytes from
-                           `Code size:`, else the source upstream logs at the top, else the
-                           trainer file)
+  total_bytes              artifact = code bytes + int8+zlib model bytes
+  code_bytes               the trainer file's bytes, as a submission counts them (without the
+                           file: the source upstream logs at the top, else a `Code size:` line)
   artifact_headroom_bytes  16,000,000 - total_bytes (negative = over the cap)
   artifact_cap_used_pct    100 * total_bytes / 16,000,000
   step_ms                  the trainer's last reported step_avg (training time / steps)
@@ -112,9 +111,9 @@ def shards_touched(consumed: int, shard_sizes: list[int]) -> int:
 
 def compute(parsed: ParsedLog, *, code_bytes: int | None = None,
             train_shard_tokens: list[int] | None = None) -> MetricsResult:
-    """Metrics from a parsed log. `code_bytes` is used only when the log has neither a
-    `Total submission size int8+zlib:` nor a `Code size:` line nor an embedded source;
-    `train_shard_tokens` (see train_shard_sizes) enables the shard metrics."""
+    """Metrics from a parsed log. `code_bytes`: the trainer file's size, the code bytes of
+    the artifact (see _artifact_metrics); `train_shard_tokens` (see train_shard_sizes)
+    enables the shard metrics."""
     result = MetricsResult()
     _score_metrics(parsed, result)
     _artifact_metrics(parsed, code_bytes, result)
@@ -147,19 +146,23 @@ def _score_metrics(parsed: ParsedLog, result: MetricsResult) -> None:
 
 
 def _artifact_metrics(parsed: ParsedLog, code_bytes: int | None, result: MetricsResult) -> None:
-    """The artifact's size (code + int8+zlib model) against the cap."""
+    """The artifact's size (code + int8+zlib model) against the cap. The code bytes are what
+    a submission counts: the trainer file's own bytes (`code_bytes`, the caller's file) when
+    given, never a number the trainer printed; else the source the log embeds (exactly the
+    code that ran), else the log's `Code size:` line."""
     m = result.metrics
-    total = parsed.total_submission_bytes
-    if total is None and parsed.serialized_int8_zlib_bytes is not None:
-        # The log's own word first, then the source it embeds (exactly the code that ran),
-        # then the caller's trainer file.
-        code = next((c for c in (parsed.code_bytes, parsed.embedded_source_bytes, code_bytes)
-                     if c is not None), None)
+    total = None
+    if parsed.serialized_int8_zlib_bytes is not None:
+        code = next((c for c in (code_bytes, parsed.embedded_source_bytes, parsed.code_bytes) if c is not None),
+                    None)
         if code is None:
-            result.notes.append("total_bytes: the log has no Code size line; pass the trainer "
-                                "file (--trainer) or --code-bytes")
+            result.notes.append("total_bytes: no trainer file, no embedded source and no `Code size:` line; "
+                                "pass the trainer file (--trainer) or --code-bytes")
         else:
+            m["code_bytes"] = code
             total = code + parsed.serialized_int8_zlib_bytes
+    else:
+        total = parsed.total_submission_bytes  # a log that states only the total (PyTorch's)
     if total is not None:
         m["total_bytes"] = total
         m["artifact_headroom_bytes"] = ARTIFACT_CAP_BYTES - total

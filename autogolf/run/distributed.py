@@ -3,9 +3,11 @@
     NPROC=2 PROFILE=smoke bash autoresearch.sh        2 processes on this machine (ring, 127.0.0.1)
     HOSTS=hosts.json PROFILE=confirm bash autoresearch.sh   one process per hostfile entry
 
-The trainer does the data parallelism itself (mx.distributed: every rank takes its rows of each
-global batch, gradients are averaged, evaluation is sharded); this module only builds the
-launch command, and reads back what mlx.launch does not say in its exit status.
+The trainer must do the data parallelism itself (mx.distributed: every rank takes its rows of
+each global batch, gradients are averaged, evaluation is sharded). Upstream's trainer, the
+project's default, is one process and does none, so NPROC / HOSTS are refused for it
+(require_support); a trainer that calls mx.distributed.init() is launched. This module only
+builds the launch command, and reads back what mlx.launch does not say in its exit status.
 
 For run.py the launched group is one trainer: it is one process tree in one process group, so
 the run lock, the hard timeout (which kills the whole tree) and the ledger see one run. Facts
@@ -120,6 +122,21 @@ def plan(env: dict) -> dict | None:
     if nproc == 1:
         return None
     return {"backend": "ring", "world_size": nproc, "hosts": ["127.0.0.1"] * nproc}
+
+
+def require_support(trainer: Path) -> None:
+    """Refuse NPROC / HOSTS for a trainer that does no data parallelism of its own. Upstream's
+    train_gpt_mlx.py is one process: started N times it would train N separate models on the
+    same batches. A trainer that calls mx.distributed.init() (a record that adds it, or the
+    agent) splits the batches itself; the harness only launches it."""
+    try:
+        text = Path(trainer).read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise LaunchError(f"NPROC / HOSTS: cannot read the trainer {trainer} ({e})") from None
+    if "mx.distributed.init(" not in text:
+        raise LaunchError(f"NPROC / HOSTS: {trainer} is upstream's single-process trainer (it never calls "
+                          f"mx.distributed.init()), so several processes would each train their own model; "
+                          f"unset NPROC and HOSTS, or add data parallelism to the trainer first")
 
 
 def trainer_command(python: str, trainer: Path, launch: dict | None, cwd: Path,

@@ -358,6 +358,8 @@ def _prepare_environment(state: RunState) -> None:
     row["settings"] = _settings(state.trainer, env, profile)
     row["blas_preload"] = env.get("LD_PRELOAD", "")
     state.launch = row["distributed"] = distributed.plan(env)  # NPROC / HOSTS: mlx.launch
+    if state.launch:
+        distributed.require_support(state.trainer)
     row["settings"].update({k: env[k] for k in ("NPROC", "HOSTS") if env.get(k)})
 
 
@@ -458,7 +460,11 @@ def _measure(state: RunState) -> None:
         shard_tokens = None
         say(f"autoresearch: warning: {e}")
     state.result = metrics.compute(parsed, code_bytes=state.trainer_bytes, train_shard_tokens=shard_tokens)
-    state.row["backend"], state.row["mlx_version"] = parsed.backend, parsed.mlx_version
+    # The `backend:` line comes from the harness's CPU hook (run/cpu_speed.py), which prints
+    # to the console only: upstream's log file starts with the trainer's source.
+    backend = parsed.backend or (logparse.parse_file(state.console_path).backend
+                                 if state.console_path.is_file() else None)
+    state.row["backend"], state.row["mlx_version"] = backend, parsed.mlx_version
     state.row["train_s"] = (parsed.train_time_ms or 0) / 1000.0
 
 

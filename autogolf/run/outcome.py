@@ -14,6 +14,7 @@ from autogolf.data.cache import CacheError
 from autogolf.data.shards import ShardError
 from autogolf.judge import repeats, verdict
 from autogolf.measure import metrics
+from autogolf.measure.upstream import UPSTREAM_TRAINER_BYTES
 from autogolf.run import distributed, sizing
 from autogolf.run.runlock import LockTimeout
 from autogolf.run.trainer import Interrupted, crash_reason, trainer_error_line
@@ -120,6 +121,14 @@ def restored_label(row: dict) -> str:
     return f" restored_from_head={shown}"
 
 
+def _code_label(m: dict) -> str:
+    """The trainer's bytes (the artifact's code) against upstream's file at the pinned commit."""
+    if "code_bytes" not in m:
+        return ""
+    extra = m["code_bytes"] - UPSTREAM_TRAINER_BYTES
+    return f" code_bytes={m['code_bytes']:,}(upstream {UPSTREAM_TRAINER_BYTES:,}, {extra:+,})"
+
+
 def print_summary(status: str, reason: str, row: dict, printed: dict, dataset_label: str,
                   wall: float, train_s: float, trainer_s: float, budget: str) -> None:
     """The METRIC lines (none for an integrity failure: the harness disowns its numbers),
@@ -135,7 +144,7 @@ def print_summary(status: str, reason: str, row: dict, printed: dict, dataset_la
             if row.get("overrides") else ""
         say(f"autoresearch: ok profile={profile_name} dataset={dataset_label} "
             f"val_bpb={m['val_bpb']:.8f}{_vs_best(row['verdict'])} total_bytes={m['total_bytes']:,} "
-            f"headroom={m['artifact_headroom_bytes']:,} wall={wall:.1f}s train={train_s:.1f}s "
+            f"headroom={m['artifact_headroom_bytes']:,}{_code_label(m)} wall={wall:.1f}s train={train_s:.1f}s "
             f"overhead={m['harness_overhead_pct']:.1f}% (harness {wall - trainer_s:.1f}s)"
             f" harness_score=agrees(|diff|={row['harness_score']['abs_diff']:.1e})"
             f" {budget}{overrides}{restored_label(row)} log={row['log_path']}")
