@@ -75,7 +75,7 @@ from autogolf.textutil import one_line, say
 def _best_before(rows: list[dict], row: dict) -> float | None:
     """The best val_bpb of the earlier KEPT runs comparable with this one (verdict.is_kept and
     comparison_key, as the VERDICT compares them): the holdout is scored only for a run
-    that could beat it (measure/score.could_be_kept). The row has no machine yet (that is
+    that could beat it (measure/score.holdout_threshold). The row has no machine yet (that is
     filled in at the end), so this machine's is used for the comparison."""
     key = verdict.comparison_key(dict(row, machine=row.get("machine") or ledger.machine_info()))
     values = [e.val_bpb for e in verdict.kept_experiments(rows, verdict.kept_trainer_hashes(REPO_ROOT))
