@@ -230,6 +230,7 @@ class RunState:
     dataset_dir: Path | None = None
     tokenizer_path: Path | None = None
     trainer_bytes: int = 0
+    size_problem: str | None = None  # the log's size line disagrees with the files (metrics.harness_sizes)
     env: dict = field(default_factory=dict)
     launch: dict | None = None
     timeout: float = 0.0  # 0 until resolved
@@ -458,6 +459,9 @@ def _measure(state: RunState) -> None:
         shard_tokens = None
         say(f"autoresearch: warning: {e}")
     state.result = metrics.compute(parsed, code_bytes=state.trainer_bytes, train_shard_tokens=shard_tokens)
+    artifact_bytes = state.artifact.stat().st_size if state.artifact.is_file() else None
+    state.row["sizes"], state.size_problem = metrics.harness_sizes(state.result, artifact_bytes, state.trainer_bytes)
+    metrics.harness_throughput(state.result, state.row.get("budget") or {}, state.trainer_facts.seconds)
     state.row["backend"], state.row["mlx_version"] = parsed.backend, parsed.mlx_version
     state.row["train_s"] = (parsed.train_time_ms or 0) / 1000.0
 
@@ -474,6 +478,8 @@ def _classify(state: RunState) -> None:
                                                         state.result, state.console_path, timeout_reason)
     if state.rank_note and state.status != "ok":
         state.reason = f"{state.reason} ({state.rank_note})"
+    if state.status == "ok" and state.size_problem:
+        state.status, state.reason = "integrity_failed", state.size_problem
     if state.status == "ok":
         state.status, state.reason = _score(state)
 
