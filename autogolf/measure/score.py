@@ -1,4 +1,4 @@
-"""The harness scores every run's artifact itself, in a separate process, with its own code.
+"""The harness scores every run's artifact itself, and no trainer code runs where it computes.
 
 From the trainer it takes only the model, through a two-name contract the trainer defines
 (its "Harness contract" section):
@@ -8,38 +8,51 @@ From the trainer it takes only the model, through a two-name contract the traine
         as for training); logits(ids) maps int32 ids (B, seq_len) to float32 next-token
         logits (B, seq_len, vocab), where position t may read ids[:, :t+1] only.
 
-Everything else is the harness's: it reads the validation tokens from the real cache
-(autogolf.data.dataview), builds the byte table from the tokenizer (bytecount), and
-computes the cross-entropy (float64 log-softmax) and the byte count itself, over the same
-non-overlapping seq_len windows the trainer scores. The scorer process runs in an empty
-temporary folder, without DATA_PATH, OUT_DIR or RUN_ID, after the raw weights are deleted:
-the artifact's bytes, handed to it, are the only model there is.
+The scoring is split in two processes (issue 15):
+  - the trusted scorer (this module's scorer_main, `python -m autogolf.measure.score`)
+    never imports the trainer. It reads the validation tokens from the real cache
+    (autogolf.data.dataview), builds the byte table from the tokenizer (bytecount),
+    computes the cross-entropy (float64 log-softmax), the byte count, the causality probe,
+    the artifact-only check and the holdout itself;
+  - a child (measure/logits_child.py, started through model_child.confine_child, where the
+    sandbox wraps it) imports the trainer, runs harness_load on the artifact bytes it is
+    sent, and returns logits for the windows it is sent, over a pipe (measure/wire.py).
+    The trusted side checks every reply (shape, float32, finite) before using it. Whatever
+    the trainer's code patches in the child (numpy, builtins, the scorer's modules) can
+    only change the logits, which are then scored here, and must agree with the trainer's
+    own printed val_bpb.
+Both run in empty temporary folders, without DATA_PATH, OUT_DIR or RUN_ID, after the raw
+weights are deleted: the artifact's bytes, handed over, are the only model there is.
 
 Artifact-only check: harness_load given half the artifact's bytes must fail or give other
 logits; a loader that ignores its bytes (raw weights read from disk) gives the same ones.
 
-Causality probe: for PROBE_SEQS windows, the tokens after a cut are replaced by other
-tokens; the logits at and before the cut must not move (a model reading its targets moves
-them). Then the hidden holdout slice is scored the same way (ledger only, never a METRIC),
-only for a run that could be kept, since it costs one more evaluation: the scorer scores it
-only after the run passed every integrity check below (a failed run's model is disowned, so
-its holdout would be a number about nothing), and the harness asks for it only when the
-trainer's val_bpb is not worse than the best KEPT comparable run (autogolf/judge/verdict.is_kept)
-by the minimum improvement or more -- within that margin a faster step can still be kept --
-or when there is no kept comparable run yet (the baseline). AUTOGOLF_HOLDOUT=every asks for
-it on every run; a failed run still gets none.
+Causality probe (measure/causality.py): drawn at random per run -- 8 windows of the
+selection, each with a cut, the cuts covering both parities and every class mod 3, one
+near the start and one near the end; the tail after each cut replaced by another window's
+tokens. The logits at and before the cut must not move. The draw (seed, windows, cuts) is
+in the ledger (harness_score.probe_detail.draw); it costs one forward batch of 8 windows.
+
+Holdout: the hidden holdout slice is scored the same way (ledger only, never a METRIC) for
+every run that could be kept: it passed the probe and agrees with its trainer, and the
+HARNESS's own selection val_bpb is not worse than the best kept comparable run's
+(autogolf/judge/verdict.is_kept) by the minimum improvement or more -- within that margin
+a faster step can still be kept -- or there is no kept comparable run yet (the baseline).
+AUTOGOLF_HOLDOUT=every asks for it on every run; a failed run still gets none. The VERDICT
+refuses a keep whose selection gain the holdout contradicts (judge/verdict.holdout_check).
 
 A run is integrity_failed (exit 4, never ok) when the harness's val_bpb and the trainer's
-differ by more than TOLERANCE_BPB, when the probe fails, or when the artifact cannot be
-scored. TOLERANCE_BPB = 1e-4: both sides compute the same float32 model over the same
-windows and batches, so they agree to a few 1e-6 (measured: 6e-7 smoke on FineWeb fixtures,
-3.1e-6 baseline model on breadth's slice; see README); a byte count off
+differ by more than TOLERANCE_BPB, when the probe fails, when the artifact cannot be scored
+or the child sends garbage. TOLERANCE_BPB = 1e-4: both sides compute the same float32 model
+over the same windows and batches, so they agree to a few 1e-6 (measured: 6e-7 smoke on
+FineWeb fixtures, 3.1e-6 baseline model on breadth's slice; see README); a byte count off
 by one per token moves val_bpb by ~30%, a loss scaled by 0.99 by 1%. It is 1/20 of the
 0.002 minimum improvement. (Raw weights scored instead of the artifact can differ by less,
 as int8 rounding moved a 4-step smoke model by 5e-5: the artifact-only check catches that.)
 
 CLI (the process run.py starts):  python -m autogolf.measure.score --trainer T --artifact A
-    --dataset-dir D --tokenizer TOK --selection START:STOP [--holdout START:STOP] --out JSON
+    --dataset-dir D --tokenizer TOK --selection START:STOP [--holdout START:STOP
+    --trainer-bpb X [--holdout-below Y]] --out JSON
 """
 
 from __future__ import annotations

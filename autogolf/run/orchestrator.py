@@ -480,6 +480,10 @@ def _classify(state: RunState) -> None:
         state.reason = f"{state.reason} ({state.rank_note})"
     if state.status == "ok" and state.size_problem:
         state.status, state.reason = "integrity_failed", state.size_problem
+    late = outcome.over_budget(state.row.get("budget") or {}, state.profile.over_budget_allowance_seconds,
+                               state.trainer_facts.seconds)
+    if state.status == "ok" and late:
+        state.status, state.reason = "over_budget", late
     if state.status == "ok":
         state.status, state.reason = _score(state)
 
