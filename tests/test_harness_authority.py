@@ -151,9 +151,8 @@ SplitOptimizers.step = _more_steps
 
 HALVED_CLOCK = REWRITE_LOG + '''
 def _rewrite(msg):
-    half = lambda m: f"{m[1]}{float(m[2]) / 2:.2f}"
-    msg = _re.sub(r"(train_time:)([0-9.]+)", half, msg)
-    msg = _re.sub(r"(step_avg:)([0-9.]+)", half, msg)
+    msg = _re.sub(r"(train_time:)([0-9.]+)", lambda m: f"{m[1]}{float(m[2]) / 2:.0f}", msg)
+    msg = _re.sub(r"(step_avg:)([0-9.]+)", lambda m: f"{m[1]}{float(m[2]) / 2:.2f}", msg)
     return _re.sub(r"(tok_s:)([0-9.]+)", lambda m: f"{m[1]}{float(m[2]) * 2:.0f}", msg)
 '''
 
@@ -287,7 +286,9 @@ def test_printed_step_times_that_lie_do_not_move_the_verdict(lab):
     base = baseline_rows(lab)
     out, row = run(lab, before_main(HALVED_CLOCK), name="halved_clock", REPEATS="3")
     assert out.returncode == 0, out.stdout[-3000:]
-    assert row["metrics"]["tok_s"] > 1.6 * base[-1]["metrics"]["tok_s"]  # the lie reached the log
+    printed = row["metrics"]["tok_s"] / base[-1]["metrics"]["tok_s"]
+    measured = row["metrics"]["harness_tok_s"] / base[-1]["metrics"]["harness_tok_s"]
+    assert printed > 1.4 * measured  # the lie reached the log; the harness's clock did not follow
     v = row["verdict"]
     assert v["call"] != "keep" and v["delta"] == pytest.approx(0.0, abs=1e-9), v
     assert abs(v["throughput_change"]) < 0.5, v  # the harness's clock: no +100%
