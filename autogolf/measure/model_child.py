@@ -11,6 +11,7 @@ The child is launched through confine_child(), the one place that confines it.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -38,6 +39,19 @@ def confine_child(argv: list[str], env: dict[str, str], reads: list[Path],
     return argv, env
 
 
+def _die_with_parent(parent_pid: int):
+    """preexec_fn on Linux: SIGKILL when the trusted scorer dies (PR_SET_PDEATHSIG). Elsewhere
+    none (macOS has no such call; the sandbox's process rules apply there)."""
+    def setup() -> None:
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent_pid:  # the scorer died before prctl took effect
+            os._exit(1)
+    return setup if sys.platform.startswith("linux") else None
+
+
 class ModelChild:
     """One child process; load() models from artifact bytes, logits() for window batches."""
 
@@ -45,8 +59,11 @@ class ModelChild:
         argv = [sys.executable, "-m", "autogolf.measure.logits_child", "--trainer", str(trainer)]
         argv, env = confine_child(argv, env, reads=[Path(trainer)], writes=[Path(scratch)])
         self.min_vocab, self.vocab = int(vocab), None
+        # its own session, so close() ends everything it started; on Linux the kernel also
+        # kills it when the trusted scorer dies (the orchestrator's timeout kills the scorer)
         self.proc = subprocess.Popen(argv, env=env, cwd=scratch, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, start_new_session=True)
+                                     stdout=subprocess.PIPE, start_new_session=True,
+                                     preexec_fn=_die_with_parent(os.getpid()))
         self.wfd, self.rfd = self.proc.stdin.fileno(), self.proc.stdout.fileno()
 
     def _reply(self, expect: bytes) -> None:
