@@ -317,3 +317,56 @@ def test_training_on_the_selection_slice_is_not_kept(lab):
     assert v["delta"] < 0 < v["holdout_delta"] or v["holdout_delta"] > v["delta"] / 2, v
     assert f"selection delta {v['delta']:+.4f}, holdout delta {v['holdout_delta']:+.4f}" in last
     print(f"\non selection: {last}")
+
+
+SLOW_CLOCK = '''
+import time as _time_module
+class _SlowClock:
+    start = _time_module.perf_counter()
+    def perf_counter(self):  # the trainer's clock runs 25 times slow: it trains 25 times too long
+        return self.start + (_time_module.perf_counter() - self.start) / 25
+    def __getattr__(self, name):
+        return getattr(_time_module, name)
+time = _SlowClock()
+'''
+
+WALL_PROFILE = '''
+
+[profiles.wallsmoke]
+description = "smoke's model under a 3 s wall-clock budget (tests)"
+timeout_seconds = 300
+over_budget_allowance_seconds = 30
+holdout_tokens = 4096
+
+[profiles.wallsmoke.env]
+MAX_WALLCLOCK_SECONDS = 3
+ITERATIONS = 1000000
+'''
+
+
+def test_a_wall_clock_run_past_its_budget_and_allowance_is_over_budget(tmp_path, corpus):
+    """A wall-clock profile (added to a project's profiles.toml and committed): the untampered
+    trainer is ok; one whose clock runs slow trains far past the budget and is over_budget."""
+    dataset, tokenizer = make_tiny_dataset(tmp_path / "data", corpus)
+    project = make_project(tmp_path / "project")
+    profiles_file = project / "autogolf" / "run" / "profiles.toml"
+    text = profiles_file.read_text(encoding="utf-8")
+    smoke_env = text.split("[profiles.smoke.env]", 1)[1]
+    smoke_env = "\n".join(line for line in smoke_env.strip().splitlines()
+                          if not line.startswith(("MAX_WALLCLOCK_SECONDS", "ITERATIONS")))
+    profiles_file.write_text(text + WALL_PROFILE + smoke_env + "\n", encoding="utf-8")
+    subprocess.run(["git", "-C", str(project), "commit", "-qam", "a wall-clock test profile"], check=True)
+    env = bench_env(dataset, tokenizer, tmp_path / "lock", PROFILE="wallsmoke")
+    out = run_bench(project, env, timeout=600)
+    row = ledger_rows(project)[-1]
+    assert out.returncode == 0 and row["status"] == "ok", out.stdout[-3000:]
+    assert row["timing"]["trainer_s"] < 33
+    trainer = tmp_path / "slow_clock.py"
+    trainer.write_text(before_main(SLOW_CLOCK)((project / TRAINER).read_text(encoding="utf-8")), encoding="utf-8")
+    out = run_bench(project, dict(env, AUTOGOLF_TRAINER=str(trainer)), timeout=600)
+    row = ledger_rows(project)[-1]
+    summary = summary_line(out.stdout)
+    assert out.returncode == 5 and row["status"] == "over_budget", out.stdout[-3000:]
+    assert row["train_s"] < 10  # its printed clock says it kept to the budget
+    assert "past its 3 s wall-clock budget + the profile's 30 s allowance (33 s)" in summary, summary
+    print(f"\nover budget: {summary.split('reason: ', 1)[1]}")

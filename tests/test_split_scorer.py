@@ -66,7 +66,10 @@ def test_an_honest_child_serves_logits_and_a_second_model(tmp_path):
 
 @pytest.mark.parametrize("body, message", [
     ("return np.zeros((ids.shape[0], ids.shape[1] + 1, 16), np.float32)", "logits have shape"),
-    ("return np.zeros((ids.shape[0], ids.shape[1], 4), np.float32)", "vocab >= 16"),
+    ("return np.zeros((ids.shape[0], ids.shape[1], 4), np.float32)", "16 <= vocab <= 1040"),
+    # a forged header (the child's own wire module patched): a huge reply is refused unread
+    ("import autogolf.measure.wire as w; w.u64 = lambda *v, _u=w.u64: _u(*v[:2], 1 << 40) if len(v) == 3 "
+     "else _u(*v); return np.zeros((ids.shape[0], ids.shape[1], 16), np.float32)", "16 <= vocab <= 1040"),
     ("return np.full((ids.shape[0], ids.shape[1], 16), np.nan, np.float32)", "non-finite values"),
     ("import os; os._exit(3)", "ended or broke the protocol"),
     ("import os; os.write(1, b'K' * 40); return np.zeros((ids.shape[0], ids.shape[1], 16))", None),

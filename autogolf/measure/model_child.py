@@ -22,7 +22,10 @@ import numpy as np
 
 from autogolf.measure import wire
 
-MAX_VOCAB = 1 << 20  # a reply wider than this is garbage, not a model
+def max_vocab(tokenizer_vocab: int) -> int:
+    """The widest logits accepted: a model may pad its vocabulary (to a multiple of 64 or
+    128, say), never by more than this; it also bounds what one reply may make us read."""
+    return max(2 * tokenizer_vocab, tokenizer_vocab + 1024)
 
 
 class ChildError(RuntimeError):
@@ -98,10 +101,10 @@ class ModelChild:
         self._reply(b"A")
         shape = tuple(wire.read_u64(self.rfd) for _ in range(3))
         vocab = shape[2]
-        if shape[:2] != tuple(ids.shape) or not self.min_vocab <= vocab <= MAX_VOCAB \
+        if shape[:2] != tuple(ids.shape) or not self.min_vocab <= vocab <= max_vocab(self.min_vocab) \
                 or (self.vocab is not None and vocab != self.vocab):
             raise ChildError(f"harness_load's logits have shape {shape}, expected {tuple(ids.shape)} + "
-                             f"(vocab,) with vocab >= {self.min_vocab}"
+                             f"(vocab,) with {self.min_vocab} <= vocab <= {max_vocab(self.min_vocab)}"
                              + (f" and = {self.vocab} as before" if self.vocab else ""))
         self.vocab = vocab
         out = np.frombuffer(wire.read_exact(self.rfd, shape[0] * shape[1] * vocab * 4),
