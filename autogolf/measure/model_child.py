@@ -58,16 +58,22 @@ def _die_with_parent(parent_pid: int):
 class ModelChild:
     """One child process; load() models from artifact bytes, logits() for window batches."""
 
-    def __init__(self, trainer: Path, env: dict[str, str], scratch: Path, vocab: int):
+    def __init__(self, trainer: Path, env: dict[str, str], scratch: Path, vocab: int | None = None):
         argv = [sys.executable, "-m", "autogolf.measure.logits_child", "--trainer", str(trainer)]
         argv, env = confine_child(argv, env, reads=[Path(trainer)], writes=[Path(scratch)])
-        self.min_vocab, self.vocab = int(vocab), None
+        self.min_vocab, self.vocab = None, None
+        if vocab is not None:
+            self.expect_vocab(vocab)
         # its own session, so close() ends everything it started; on Linux the kernel also
         # kills it when the trusted scorer dies (the orchestrator's timeout kills the scorer)
         self.proc = subprocess.Popen(argv, env=env, cwd=scratch, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, start_new_session=True,
                                      preexec_fn=_die_with_parent(os.getpid()))
         self.wfd, self.rfd = self.proc.stdin.fileno(), self.proc.stdout.fileno()
+
+    def expect_vocab(self, vocab: int) -> None:
+        """The tokenizer's vocabulary: logits must be at least this wide (before logits())."""
+        self.min_vocab = int(vocab)
 
     def _reply(self, expect: bytes) -> None:
         try:

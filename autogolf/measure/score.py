@@ -174,8 +174,8 @@ def _score_all(args, child: ModelChild, table, vocab: int, out: dict) -> None:
     batch = max(args.batch_tokens // seq_len, 1)
     out["seconds"]["load"] = time.monotonic() - t
     selection = read_val_range(args.dataset_dir, *_span(args.selection))
-    plan = causality.draw(max(windows_of(selection, seq_len), 0), seq_len) \
-        if windows_of(selection, seq_len) > 0 else {"windows": [], "donors": [], "cuts": [], "seed": None}
+    windows = windows_of(selection, seq_len)  # none: score_tokens says the slice is too short
+    plan = causality.draw(windows, seq_len) if windows > 0 else {"windows": [], "donors": [], "cuts": [], "seed": None}
     kept = {w: None for w in plan["windows"]}
     t = time.monotonic()
     out["selection"] = score_tokens(lambda x: child.logits(0, x), seq_len, selection, table, batch, keep=kept)
@@ -210,11 +210,13 @@ def scorer_main(argv: list[str] | None = None) -> int:
 
     t0 = time.monotonic()
     out: dict = {"seconds": {}}
-    sp = spm.SentencePieceProcessor(model_file=str(args.tokenizer))
-    table, vocab = byte_table(sp), int(sp.vocab_size())
     scratch = Path(tempfile.mkdtemp(prefix="autogolf-model-"))
-    child = ModelChild(args.trainer, dict(os.environ), scratch, vocab)
+    # the child first: its interpreter and the trainer's imports start while the byte table builds
+    child = ModelChild(args.trainer, dict(os.environ), scratch)
     try:
+        sp = spm.SentencePieceProcessor(model_file=str(args.tokenizer))
+        table, vocab = byte_table(sp), int(sp.vocab_size())
+        child.expect_vocab(vocab)
         _score_all(args, child, table, vocab, out)
     except ChildError as e:
         out["error"] = str(e)
