@@ -12,6 +12,7 @@ autoresearch.sh start to ledger row, the harness's scoring included).
 
     PROFILE=breadth bash autoresearch.sh          # a run to measure on (its artifact is kept)
     .venv/bin/python scripts/bench_split_scorer.py --run RUN_ID [--rounds 2] [--before main]
+    .venv/bin/python scripts/bench_split_scorer.py --transfer 40 1024 1024 8   # the pipe alone
 """
 
 from __future__ import annotations
@@ -66,12 +67,61 @@ def commands(row: dict, work: Path, before: str) -> dict[str, list[str]]:
             "after": [sys.executable, "-m", "autogolf.measure.score", *common, "--out", str(work / "after.json")]}
 
 
+STANDIN = """
+import numpy as np
+def harness_load(blob):
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((1024, {vocab})).astype(np.float32)
+    return (lambda ids: table[np.asarray(ids) % 1024]), {seq}
+"""
+
+
+def transfer(windows: int, seq: int, vocab: int, batch: int) -> None:
+    """The pipe's own cost, apart from any model: a stand-in model (a table lookup) of the
+    run's shapes answers `windows` windows in batches, once in this process and once from a
+    child over the pipe (with the trusted side's checks); the difference is the split's cost."""
+    import numpy as np
+
+    from autogolf.measure.model_child import ModelChild
+
+    work = Path(tempfile.mkdtemp(prefix="bench-transfer-"))
+    trainer = work / "standin.py"
+    trainer.write_text(STANDIN.format(vocab=vocab, seq=seq))
+    ids = np.arange(windows * seq, dtype=np.int32).reshape(windows, seq)
+    namespace: dict = {}
+    exec(trainer.read_text(), namespace)
+    fn, _ = namespace["harness_load"](b"")
+    t = time.perf_counter()
+    for first in range(0, windows, batch):
+        np.isfinite(np.ascontiguousarray(fn(ids[first:first + batch]), dtype=np.float32)).all()
+    local = time.perf_counter() - t
+    child = ModelChild(trainer, dict(os.environ, PYTHONPATH=str(REPO)), work, vocab)
+    try:
+        slot, _ = child.load(b"x")
+        t = time.perf_counter()
+        for first in range(0, windows, batch):
+            child.logits(slot, ids[first:first + batch])
+        piped = time.perf_counter() - t
+    finally:
+        child.close()
+    mb = windows * seq * vocab * 4 / 1e6
+    print(f"transfer of {windows} windows x {seq} x {vocab} float32 ({mb:,.0f} MB) in batches of {batch}: "
+          f"in-process {local:.2f} s, over the pipe {piped:.2f} s: the split costs {piped - local:.2f} s")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", required=True, help="run_id of a finished ok run in logs/runs.jsonl")
+    parser.add_argument("--transfer", nargs=4, type=int, metavar=("WINDOWS", "SEQ", "VOCAB", "BATCH"),
+                        help="only the pipe's cost, with a stand-in model (breadth: 40 1024 1024 8)")
+    parser.add_argument("--run", help="run_id of a finished ok run in logs/runs.jsonl")
     parser.add_argument("--rounds", type=int, default=2, help="scorings of each kind, alternating (default 2)")
     parser.add_argument("--before", default="main", help="git revision of the in-process scorer (default main)")
     args = parser.parse_args()
+    if args.transfer:
+        transfer(*args.transfer)
+        return 0
+    if not args.run:
+        parser.error("--run RUN_ID (or --transfer)")
     row = the_run(args.run)
     work = Path(tempfile.mkdtemp(prefix="bench-split-"))
     env = preload_env(dict(os.environ, **{k: str(v) for k, v in row["settings"].items()}))

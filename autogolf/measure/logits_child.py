@@ -64,7 +64,7 @@ def _serve(rfd: int, wfd: int, load) -> None:
                 ids = np.frombuffer(wire.read_exact(rfd, rows * cols * 4), dtype="<i4").reshape(rows, cols)
                 out = np.ascontiguousarray(np.array(models[slot](ids.copy()), dtype="<f4"))
                 shape = out.shape if out.ndim == 3 else (rows, cols, 0)
-                wire.write_all(wfd, b"A", wire.u64(*shape), out.tobytes() if out.ndim == 3 else b"")
+                wire.write_all(wfd, b"A", wire.u64(*shape), out if out.ndim == 3 else b"")
             else:
                 raise wire.WireError(f"unknown request {op!r}")
         except wire.WireError:

@@ -70,6 +70,7 @@ class ModelChild:
                                      stdout=subprocess.PIPE, start_new_session=True,
                                      preexec_fn=_die_with_parent(os.getpid()))
         self.wfd, self.rfd = self.proc.stdin.fileno(), self.proc.stdout.fileno()
+        wire.widen(self.rfd)
 
     def expect_vocab(self, vocab: int) -> None:
         """The tokenizer's vocabulary: logits must be at least this wide (before logits())."""
@@ -113,8 +114,11 @@ class ModelChild:
                              f"(vocab,) with {self.min_vocab} <= vocab <= {max_vocab(self.min_vocab)}"
                              + (f" and = {self.vocab} as before" if self.vocab else ""))
         self.vocab = vocab
-        out = np.frombuffer(wire.read_exact(self.rfd, shape[0] * shape[1] * vocab * 4),
-                            dtype="<f4").reshape(shape)
+        out = np.empty(shape, dtype="<f4")
+        try:
+            wire.read_into(self.rfd, out)
+        except wire.WireError as e:
+            raise ChildError(f"the model's process ended in the middle of its logits ({e})") from None
         if not np.isfinite(out).all():
             raise ChildError("harness_load's logits hold non-finite values (nan or inf)")
         return out

@@ -41,6 +41,30 @@ def read_exact(fd: int, n: int) -> bytes:
     return b"".join(chunks)
 
 
+def read_into(fd: int, buffer) -> None:
+    """Fill `buffer` (a writable buffer: a numpy array's memory) from the pipe, without the
+    copies of read_exact; large replies (the logits) come this way."""
+    import os
+
+    view = memoryview(buffer).cast("B")
+    done = 0
+    while done < view.nbytes:
+        n = os.readv(fd, [view[done:]])
+        if n == 0:
+            raise WireError(f"the pipe closed after {done} of {view.nbytes} bytes")
+        done += n
+
+
+def widen(fd: int) -> None:
+    """A 1 MiB pipe buffer where Linux allows it (fewer wake-ups per batch of logits)."""
+    import fcntl
+
+    try:
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+    except OSError:
+        pass  # another platform or a lower limit: the default buffer works, only slower
+
+
 def write_all(fd: int, *parts) -> None:
     import os
 
