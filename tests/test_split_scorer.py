@@ -199,3 +199,12 @@ def test_a_selection_gain_the_holdout_contradicts_is_not_kept():
     # without a holdout score the VERDICT says it could not compare
     v = _judge(BASE, [_row("c", "cand", 1.9, None, checks=None)])
     assert v["call"] == "keep" and v["holdout_note"] == "not compared: this run has no holdout score"
+
+
+def test_holdouts_of_different_slices_are_not_compared():
+    base = [dict(r, data_view={"holdout": {"start": 10, "stop": 20}}) for r in BASE]
+    current = [dict(_row("c", "cand", 1.9, 1.95, checks=None), data_view={"holdout": {"start": 15, "stop": 20}})]
+    v = _judge(base, current)
+    assert v["call"] == "keep" and v["holdout_note"] == "not compared: b2 scored another holdout slice"
+    current[0]["data_view"] = {"holdout": {"start": 10, "stop": 20}}
+    assert _judge(base, current)["call"] == "discard"

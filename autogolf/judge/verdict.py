@@ -402,6 +402,10 @@ def holdout_check(current: Experiment, best: Experiment, gain: float, noise: Noi
     if mine is None or theirs is None:
         return {"holdout_delta": None, "holdout_note": "not compared: " + (
             "this run has no holdout score" if mine is None else f"{best.run_id} has no holdout score")}
+    slices = {json.dumps((m.get("data_view") or {}).get("holdout"), sort_keys=True)
+              for m in current.members + best.members}
+    if len(slices) > 1:  # another holdout_tokens, or another split: the values are not comparable
+        return {"holdout_delta": None, "holdout_note": f"not compared: {best.run_id} scored another holdout slice"}
     measured = holdout_noise(history + [current], current.key)
     sd, df = measured if measured else ((noise.sd, noise.df) if noise else (None, 0))
     band = min_improvement()
