@@ -62,38 +62,54 @@ def _rewrite(msg):
 
 PATCH_SCORE_MODULE = LOWER_BPB + '''
 _load = harness_load
-def harness_load(blob):
-    import autogolf.measure.score as _s
-    _orig = _s.score_tokens
-    def _lowered(*a, **k):
-        out = _orig(*a, **k)
-        out["val_bpb"] -= 0.5
-        return out
-    _s.score_tokens = _lowered
+def harness_load(blob):  # patches once: the scorer may load twice (the artifact-only check)
+    import sys as _sys
+    for _mod in list(_sys.modules.values()):  # the scorer, whatever name it runs under (__main__)
+        _orig = getattr(_mod, "score_tokens", None)
+        if callable(_orig) and not getattr(_orig, "lowered", False):
+            def _lowered(*a, _orig=_orig, **k):
+                out = _orig(*a, **k)
+                out["val_bpb"] -= 0.5
+                return out
+            _lowered.lowered = True
+            _mod.score_tokens = _lowered
     return _load(blob)
 '''
 
-PATCH_NUMPY = LOWER_BPB + '''
+# numpy's log made smaller by exactly what takes 0.5 off val_bpb: the trainer leaves the
+# amount (0.5 x its loss / its bpb, nats per token) beside itself for harness_load to read.
+PATCH_NUMPY = REWRITE_LOG + '''
+def _rewrite(msg):
+    m = _re.match(r"(final_int8_zlib_roundtrip(?:_exact)? val_loss:)(\\S+)( val_bpb:)(\\S+)(.*)", msg)
+    if not m:
+        return msg
+    loss, bpb = float(m[2]), float(m[4])
+    Path(__file__).with_suffix(".delta").write_text(repr(0.5 * loss / bpb))
+    return f"{m[1]}{loss - 0.5 * loss / bpb:.8f}{m[3]}{bpb - 0.5:.8f}{m[5]}"
 _load = harness_load
 def harness_load(blob):
     import numpy as _np
-    _log = _np.log
-    _np.log = lambda x, *a, **k: _log(x, *a, **k) * 0.85  # a smaller log-normalizer: a lower loss
+    delta = float(Path(__file__).with_suffix(".delta").read_text())
+    if not getattr(_np.log, "lowered", False):
+        _log = _np.log
+        _np.log = lambda x, *a, **k: _log(x, *a, **k) - delta
+        _np.log.lowered = True
     return _load(blob)
 '''
 
+# the standard library's JSON writer rewrites the scorer's result on its way out
 PATCH_BUILTINS = LOWER_BPB + '''
 _load = harness_load
 def harness_load(blob):
     import builtins, json as _json
-    _dumps = _json.dumps
-    def _dumps_lowered(obj, *a, **k):
-        if isinstance(obj, dict) and "selection" in obj:
-            obj["selection"]["val_bpb"] -= 0.5
-        return _dumps(obj, *a, **k)
-    _json.dumps = _dumps_lowered
-    _float = builtins.float
-    builtins.float = lambda x=0.0: _float(x) * 0.9
+    if not builtins.__dict__.get("_lowered"):
+        _dumps = _json.dumps
+        def _dumps_lowered(obj, *a, **k):
+            if isinstance(obj, dict) and isinstance(obj.get("selection"), dict):
+                obj["selection"]["val_bpb"] -= 0.5
+            return _dumps(obj, *a, **k)
+        _json.dumps = _dumps_lowered
+        builtins.__dict__["_lowered"] = True
     return _load(blob)
 '''
 
