@@ -208,3 +208,12 @@ def test_holdouts_of_different_slices_are_not_compared():
     assert v["call"] == "keep" and v["holdout_note"] == "not compared: b2 scored another holdout slice"
     current[0]["data_view"] = {"holdout": {"start": 10, "stop": 20}}
     assert _judge(base, current)["call"] == "discard"
+
+
+def test_a_contradicted_gain_is_named_even_where_speed_left_it_open():
+    slow = _row("c", "cand", 1.9, 1.95, checks=None)
+    slow["metrics"][V.SPEED_METRIC] = 500.0  # half the throughput: inconclusive on speed alone
+    v = _judge(BASE, [slow])
+    assert v["call"] == "discard" and "selection gain not confirmed by the holdout" in v["reason"]
+    slow["holdout"] = {"val_bpb": 1.81}
+    assert _judge(BASE, [slow])["call"] == "inconclusive"

@@ -30,7 +30,8 @@ and t the two-sided 95% Student-t factor for the noise floor's degrees of freedo
                 and beyond its own measured noise (the spread of harness_tok_s between repeats)
   discard       a gain under 0.005 bought with a throughput drop of more than 15%
                 (a throughput change within its own measured spread is no change)
-  discard       a keep whose selection gain the holdout contradicts (holdout_check): the
+  discard       a keep (or an inconclusive gain) whose selection gain the holdout
+                contradicts (holdout_check): the
                 holdout shows less than half the gain, beyond the holdout's noise:
                 "selection gain not confirmed by the holdout", with both deltas
 Throughput is the harness's (harness_tok_s: the budget's tokens per second of the trainer
@@ -360,7 +361,8 @@ def decide(current: Experiment, history: list[Experiment], noise: Noise | None,
     change = current.tok_s / best.tok_s - 1.0 if current.tok_s and best.tok_s else None
     verdict["throughput_change"] = None if change is None else round(change, 4)
     verdict.update(_call(gain, change, noise, current.n, best.n))
-    if verdict["call"] == "keep" and gain >= min_improvement():
+    if verdict["call"] in ("keep", "inconclusive") and gain >= min_improvement():
+        # a gain the holdout contradicts is no gain: said even where speed or noise left it open
         verdict.update(holdout_check(current, best, gain, noise, history))
     return verdict
 
