@@ -22,7 +22,9 @@ Exit status: 0 only when a post-round-trip val_bpb under the artifact cap was pr
   1 crash (trainer failed, or no val_bpb)   2 data cache, profile or setting problem (the
   3 artifact over 16,000,000 bytes            trainer's own exit 2 included: a bad setting)
   4 integrity failed: the harness's own score of the artifact disagrees with the trainer's,
-    or the causality probe failed (autogolf/measure/score.py)
+    the causality probe failed (autogolf/measure/score.py), or the log's size line
+    disagrees with the files (measure/metrics.harness_sizes)
+  5 over budget: a wall-clock budget's trainer outlived the budget + the profile's allowance
   70 harness bug      75 lock busy too long
   124 timeout                               137 trainer killed by a signal
   128+N interrupted by signal N (SIGINT 130, SIGTERM 143)
