@@ -118,7 +118,8 @@ def test_holdout_is_scored_only_for_runs_that_could_be_kept(project, data, tmp_p
     out, row = run(project, data, tmp_path, sure_of_padding)
     assert out.returncode == 0 and row["metrics"]["val_bpb"] > first[-1]["metrics"]["val_bpb"] + 0.002
     assert row["holdout"]["val_bpb"] is None
-    assert row["holdout"]["slice"].startswith("not scored: val_bpb") and "worse than the best kept" in row["holdout"]["slice"]
+    assert row["holdout"]["slice"].startswith("not scored: the harness's selection val_bpb") \
+        and "worse than the best kept" in row["holdout"]["slice"]
     out, row = run_every(project, data, tmp_path, sure_of_padding)
     assert out.returncode == 0 and row["holdout"]["val_bpb"] > 0
     out, row = run(project, data, tmp_path)

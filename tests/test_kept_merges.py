@@ -104,7 +104,7 @@ def judged_ledger(repo: Path, path: Path, shas: dict[str, str]) -> dict[str, str
     for run_id, version, value, seed, passed in plan:
         row = {"record": "run", "run_id": run_id, "status": "ok", "profile": "smoke", "overrides": {},
                "dataset": {"name": "tiny", "fingerprint": "fp"}, "settings": {"SEED": str(seed)},
-               "trainer": {"sha256": shas[version]}, "metrics": {"val_bpb": value, "tok_s": 1000.0}}
+               "trainer": {"sha256": shas[version]}, "metrics": {"val_bpb": value, "harness_tok_s": 1000.0}}
         row["verdict"] = V.for_run(row, ledger.runs(path), repo)
         calls[run_id] = row["verdict"]["call"]
         ledger.append(row, path)
@@ -131,7 +131,7 @@ def test_verdict_status_report_and_ledger_agree_on_what_was_kept(tmp_path, capsy
     # the VERDICT: the next run is compared with the best kept run, the merged version's
     nxt = {"run_id": "next", "status": "ok", "profile": "smoke", "overrides": {},
            "dataset": {"name": "tiny", "fingerprint": "fp"}, "settings": {"SEED": "1"},
-           "trainer": {"sha256": shas["later"]}, "metrics": {"val_bpb": 2.39, "tok_s": 1000.0}}
+           "trainer": {"sha256": shas["later"]}, "metrics": {"val_bpb": 2.39, "harness_tok_s": 1000.0}}
     assert V.for_run(nxt, runs, repo)["compared_with"] == "merged"
     # just status: the best line names it
     best = next(line for line in status.ledger_lines(8, path, repo) if line.startswith("best"))

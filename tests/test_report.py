@@ -16,7 +16,7 @@ def _row(run_id, profile, sha, val, status="ok", holdout=None, total=1_500_000, 
     row = {"record": "run", "run_id": run_id, "status": status, "profile": profile,
            "started_at": run_id, "dataset": {"name": "tiny", "fingerprint": "fp"},
            "trainer": {"sha256": sha}, "overrides": {}, "verdict": {"call": call},
-           "metrics": {} if val is None else {"val_bpb": val, "total_bytes": total, "tok_s": 1000.0}}
+           "metrics": {} if val is None else {"val_bpb": val, "total_bytes": total, "harness_tok_s": 1000.0}}
     if holdout is not None:
         row["holdout"] = {"val_bpb": holdout, "tokens": 4096, "slice": "test"}
     if group:

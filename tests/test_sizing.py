@@ -135,7 +135,7 @@ def _run(run_id: str, tokens: int, value: float, sha: str = "kept", source: str 
             "budget": {"kind": "tokens", "value": tokens, "variable": "TRAIN_BUDGET_TOKENS", "source": source},
             "machine": {"hostname": "h", "machine": "x86_64", "cpu_count": 2},
             "settings": {"TRAIN_BUDGET_TOKENS": str(tokens), "VAL_MAX_TOKENS": "16384"},
-            "trainer": {"sha256": sha}, "metrics": {"val_bpb": value, "tok_s": 500.0},
+            "trainer": {"sha256": sha}, "metrics": {"val_bpb": value, "harness_tok_s": 500.0},
             "checks": {"passed": True}, "verdict": {"call": "keep"}, "started_at": run_id}
 
 

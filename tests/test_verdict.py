@@ -21,7 +21,7 @@ def run_row(run_id, sha, val_bpb, *, group=None, seed=None, tok_s=1000.0, checks
            "budget": {"kind": "tokens", "value": 294912, "source": "profile"},
            "machine": {"hostname": "h", "machine": "x86_64", "cpu_count": 2},
            "settings": {"TRAIN_BUDGET_TOKENS": "294912", "RUN_ID": run_id}, "overrides": {},
-           "trainer": {"sha256": sha}, "metrics": {"val_bpb": val_bpb, "tok_s": tok_s},
+           "trainer": {"sha256": sha}, "metrics": {"val_bpb": val_bpb, V.SPEED_METRIC: tok_s},
            "checks": None if checks is None else {"passed": checks, "problems": [], "at": "t"},
            "verdict": {"call": call}}  # the history's runs were called keep unless a test says not
     if seed is not None:
@@ -74,7 +74,7 @@ def test_a_gain_bought_with_a_2x_slower_step_is_flagged():
     base = repeats("b", "base", 2.0, 5, rng, tok_s=1000.0)
     # a marginal gain (beyond the noise of these runs, under 0.005) at half the throughput
     small = [run_row("c0", "cand", 1.996, tok_s=500.0, checks=None)]
-    quiet = [dict(r, metrics={"val_bpb": 2.0 + 0.0002 * i, "tok_s": 1000.0}) for i, r in enumerate(base)]
+    quiet = [dict(r, metrics={"val_bpb": 2.0 + 0.0002 * i, V.SPEED_METRIC: 1000.0}) for i, r in enumerate(base)]
     v = judge(quiet, small)
     assert v["call"] == "discard" and v["throughput_change"] == -0.5
     assert "marginal gain" in v["reason"] and "-50%" in v["reason"], v
@@ -91,7 +91,7 @@ def test_unchanged_bpb_with_a_faster_step_is_kept_and_unknown_noise_is_inconclus
     v = judge(steady, [run_row("c0", "cand", 2.001, tok_s=1200.0, checks=None)])
     assert v["call"] == "keep" and "+20%" in v["reason"], v
     # the same +20% where tok_s itself swings by 30% between runs of one code: not yet a keep
-    swinging = [dict(r, metrics=dict(r["metrics"], tok_s=t)) for r, t in zip(steady, (700.0, 1000.0, 1300.0))]
+    swinging = [dict(r, metrics=dict(r["metrics"], **{V.SPEED_METRIC: t})) for r, t in zip(steady, (700.0, 1000.0, 1300.0))]
     v = judge(swinging, [run_row("c0", "cand", 2.001, tok_s=1200.0, checks=None)])
     assert v["call"] == "inconclusive" and "REPEATS=3" in v["reason"], v
     base = [run_row("b0", "base", 2.0)]

@@ -5,7 +5,7 @@ Three kinds of line ("record"; a line without one is a "run" line, as older ledg
           create_time}. So a run whose orchestrator is killed with SIGKILL, or whose machine
           loses power, is still known.
   run     its result, exactly one per run, whatever happened (ok, crash, timeout, killed,
-          cap_violation, interrupted, lock_timeout, data_error, config_error, harness_error,
+          cap_violation, integrity_failed, over_budget, interrupted, lock_timeout, data_error, config_error, harness_error,
           or lost: written by `reconcile` for a start whose harness died without a result).
   checks  the outcome of autoresearch.checks.sh for a run: run_id, passed, problems, at.
 `fold` turns the lines into one dict per run, in the order the runs started, with its

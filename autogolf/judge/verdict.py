@@ -27,9 +27,15 @@ The call, with gain = best - this (positive = better), se = the noise of that di
 and t the two-sided 95% Student-t factor for the noise floor's degrees of freedom:
   keep          gain >= max(MIN_IMPROVEMENT, t*se) and throughput fell by at most 15%
   keep          |gain| < max(MIN_IMPROVEMENT, t*se) and throughput rose by more than 10%
-                and beyond its own measured noise (the spread of tok_s between repeats)
+                and beyond its own measured noise (the spread of harness_tok_s between repeats)
   discard       a gain under 0.005 bought with a throughput drop of more than 15%
-                (a throughput change within tok_s's own measured spread is no change)
+                (a throughput change within its own measured spread is no change)
+  discard       a keep (or an inconclusive gain) whose selection gain the holdout
+                contradicts (holdout_check): the
+                holdout shows less than half the gain, beyond the holdout's noise:
+                "selection gain not confirmed by the holdout", with both deltas
+Throughput is the harness's (harness_tok_s: the budget's tokens per second of the trainer
+process's life on the harness's clock), never the trainer's printed step times.
   inconclusive  a gain of at least MIN_IMPROVEMENT that is within the noise, or with an
                 unknown noise floor (says how many REPEATS would settle it); a larger gain
                 bought with more than 15% throughput (PROFILE=confirm, a wall-clock budget,
@@ -54,6 +60,9 @@ MARGINAL_GAIN_BPB = 0.005  # a gain under this does not pay for a slower step
 SLOWDOWN_LIMIT = 0.15  # throughput may fall by at most this share for a keep
 SPEEDUP_KEEP = 0.10  # an unchanged val_bpb with throughput up by more than this is a keep
 MAX_SUGGESTED_REPEATS = 9
+# Throughput as the harness measured it (measure/metrics.harness_throughput: the budget's
+# tokens per second of the trainer process's life), never the trainer's printed step times.
+SPEED_METRIC = "harness_tok_s"
 TRAINER_RELPATH = str(paths.TRAINER_RELPATH)  # as git names it
 # Per-run values of the trainer environment: they differ between runs of one experiment.
 VOLATILE_SETTINGS = {"RUN_ID", "SEED", "OUT_DIR", "DATA_PATH", "TOKENIZER_PATH", "PYTHONUNBUFFERED"}
@@ -175,7 +184,7 @@ def experiments(runs: list[dict]) -> list[Experiment]:
     out = []
     for members in groups.values():
         values = [_finite((m.get("metrics") or {}).get("val_bpb")) for m in members]
-        speeds = [_finite((m.get("metrics") or {}).get("tok_s")) for m in members]
+        speeds = [_finite((m.get("metrics") or {}).get(SPEED_METRIC)) for m in members]
         ok = all(m.get("status") == "ok" for m in members) and None not in values
         honest = ok and checks_passed(members) and not any(m.get("overrides") for m in members)
         speeds = [s for s in speeds if s is not None]
@@ -214,7 +223,7 @@ def noise_floor(runs: list[dict], key: str) -> Noise | None:
             continue
         seed = (run.get("settings") or {}).get("SEED", "default")
         by_hash.setdefault(sha, set()).add((seed, value))  # a deterministic rerun counts once
-        tok_s = _finite((run.get("metrics") or {}).get("tok_s"))
+        tok_s = _finite((run.get("metrics") or {}).get(SPEED_METRIC))
         if tok_s and tok_s > 0:
             speeds.setdefault(sha, []).append(math.log(tok_s))
     squares, df, count, hashes = 0.0, 0, 0, 0
@@ -352,7 +361,67 @@ def decide(current: Experiment, history: list[Experiment], noise: Noise | None,
     change = current.tok_s / best.tok_s - 1.0 if current.tok_s and best.tok_s else None
     verdict["throughput_change"] = None if change is None else round(change, 4)
     verdict.update(_call(gain, change, noise, current.n, best.n))
+    if verdict["call"] in ("keep", "inconclusive") and gain >= min_improvement():
+        # a gain the holdout contradicts is no gain: said even where speed or noise left it open
+        verdict.update(holdout_check(current, best, gain, noise, history))
     return verdict
+
+
+def holdout_value(exp: Experiment) -> float | None:
+    """The median holdout val_bpb of an experiment's runs (None: none was scored)."""
+    values = [v for v in (_finite((m.get("holdout") or {}).get("val_bpb")) for m in exp.members) if v is not None]
+    return statistics.median(values) if values else None
+
+
+def holdout_noise(exps: list[Experiment], key: str) -> tuple[float, int] | None:
+    """(pooled sd, df) of the holdout val_bpb over runs of one trainer hash with different
+    seeds in the comparable set, as noise_floor measures the selection's; None if unknown."""
+    by_hash: dict[str, set] = {}
+    for exp in exps:
+        if exp.key != key or not exp.trainer_sha:
+            continue
+        for m in exp.members:
+            value = _finite((m.get("holdout") or {}).get("val_bpb"))
+            if m.get("status") == "ok" and value is not None:
+                by_hash.setdefault(exp.trainer_sha, set()).add(((m.get("settings") or {}).get("SEED"), value))
+    squares, df = 0.0, 0
+    for pairs in by_hash.values():
+        values = [v for _, v in pairs]
+        if len(values) > 1:
+            mean = sum(values) / len(values)
+            squares += sum((v - mean) ** 2 for v in values)
+            df += len(values) - 1
+    return (math.sqrt(squares / df), df) if df else None
+
+
+def holdout_check(current: Experiment, best: Experiment, gain: float, noise: Noise | None,
+                  history: list[Experiment]) -> dict:
+    """A selection gain must show on the holdout too: the holdout must confirm at least half
+    of it, within the holdout's measured noise (else the selection's; else the minimum
+    improvement). A run that trained on the selection slice, or was tuned to it, gains
+    there and not on the holdout: not kept."""
+    mine, theirs = holdout_value(current), holdout_value(best)
+    if mine is None or theirs is None:
+        return {"holdout_delta": None, "holdout_note": "not compared: " + (
+            "this run has no holdout score" if mine is None else f"{best.run_id} has no holdout score")}
+    slices = {json.dumps((m.get("data_view") or {}).get("holdout"), sort_keys=True)
+              for m in current.members + best.members}
+    if len(slices) > 1:  # another holdout_tokens, or another split: the values are not comparable
+        return {"holdout_delta": None, "holdout_note": f"not compared: {best.run_id} scored another holdout slice"}
+    measured = holdout_noise(history + [current], current.key)
+    sd, df = measured if measured else ((noise.sd, noise.df) if noise else (None, 0))
+    band = min_improvement()
+    if sd is not None:
+        band = max(band, t_factor(df) * sd * math.sqrt(median_variance_factor(current.n)
+                                                       + median_variance_factor(best.n)))
+    holdout_gain = theirs - mine
+    out = {"holdout_delta": round(-holdout_gain, 8), "holdout_band": round(band, 6)}
+    if holdout_gain < gain / 2 - band:
+        out.update(call="discard", reason=(
+            f"selection gain not confirmed by the holdout: selection delta {-gain:+.4f}, holdout delta "
+            f"{-holdout_gain:+.4f} (the holdout must show at least half the gain, within its noise "
+            f"{band:.4f}): the change fits the selection slice, not the data"))
+    return out
 
 
 def _call(gain: float, change: float | None, noise: Noise | None, n: int, n_best: int) -> dict:

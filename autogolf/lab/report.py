@@ -8,7 +8,9 @@ the tables: one self-contained file to open in a browser).
 The picture has one column per profile: on top val_bpb per experiment (a REPEATS group is
 one experiment: its median, with a bar from its lowest to its highest run), kept runs as
 green dots, discarded runs as grey crosses, crashes as red marks along the bottom, the
-running best of the kept runs as a line and holdout values as hollow diamonds; below it the
+running best of the kept runs as a line and holdout values as hollow diamonds, each joined to
+its run's val_bpb by a dotted line (the gap between the selection slice and the hidden
+holdout: a change tuned to the selection opens it); below it the
 artifact size against the 16,000,000-byte cap.
 
 "Kept" is the one definition of autogolf/judge/verdict.is_kept, which the VERDICT, `just
@@ -163,6 +165,13 @@ def _draw_profile(ax, ax_size, key: tuple, exps: list[verdict.Experiment], kept:
     holds = [(x, _holdout(e)) for x, e in zip(xs, exps) if _holdout(e) is not None]
     if holds:
         ax.plot(*zip(*holds), marker="D", mfc="none", color="tab:blue", ls="none", label="holdout")
+        # the gap between what the trainer was selected on and the hidden holdout: a change
+        # tuned to the selection slice opens it (the VERDICT refuses such a keep)
+        gaps = [(x, e.val_bpb, _holdout(e)) for x, e in zip(xs, exps)
+                if _holdout(e) is not None and e.val_bpb is not None]
+        if gaps:
+            ax.vlines([g[0] for g in gaps], [g[1] for g in gaps], [g[2] for g in gaps], colors="tab:blue",
+                      linestyles=":", alpha=0.7, label="holdout - selection gap")
     crashes = [x for x, c in zip(xs, calls) if c == "crash"]
     if crashes:
         ax.plot(crashes, [0.02] * len(crashes), "v", color="tab:red", transform=ax.get_xaxis_transform(),

@@ -8,15 +8,22 @@ Metric definitions (all are printed as `METRIC name=value`):
   val_bpb                  bits/byte after the int8+zlib round trip (the `_exact` line): the score
   pre_quant_val_bpb        the last `step:.. val_bpb` line (before quantization)
   delta_bpb_roundtrip      val_bpb - pre_quant_val_bpb: what the int8+zlib export costs
-  total_bytes              artifact = code bytes + int8+zlib model bytes
+  total_bytes              the artifact FILE's size + the trainer FILE's size, measured by
+                           the harness (harness_sizes); the log's `Total submission size
+                           int8+zlib:` line (or `Code size:` + the model line) must say the
+                           same, or the run is integrity_failed
   code_bytes               the trainer file's bytes, as a submission counts them (without the
                            file: the source upstream logs at the top, else a `Code size:` line)
   artifact_headroom_bytes  16,000,000 - total_bytes (negative = over the cap)
   artifact_cap_used_pct    100 * total_bytes / 16,000,000
   step_ms                  the trainer's last reported step_avg (training time / steps)
-  tok_s                    training throughput: train_tokens_consumed / the trainer's
-                           train_time (the verdict weighs it: a token budget charges for
-                           compute through it)
+  tok_s                    the trainer's own throughput: train_tokens_consumed / the
+                           train_time it printed (informative only: nothing judges by it)
+  harness_tok_s            the harness's throughput: the budget's tokens (a token budget;
+                           else train_tokens_consumed) / the trainer process's lifetime on
+                           the harness's clock (timing.trainer_s). The VERDICT weighs THIS:
+                           a token budget charges for compute through it, and printed step
+                           times cannot move it
   train_steps              optimizer steps completed
   eval_ms                  eval_time of the final round-trip validation
   train_tokens_consumed    steps completed * train_batch_tokens
@@ -42,12 +49,12 @@ METRIC_ORDER = (
     "train_tokens_consumed", "train_shards_touched_est", "train_shard_coverage_pct",
     "step_ms", "eval_ms", "artifact_cap_used_pct", "artifact_headroom_bytes", "total_bytes",
     "pre_quant_val_bpb", "delta_bpb_roundtrip", "harness_overhead_pct", "train_steps",
-    "val_bpb_spread", "repeats", "tok_s", "val_bpb",
+    "val_bpb_spread", "repeats", "tok_s", "harness_tok_s", "val_bpb",
 )
 _FORMATS = {
     "val_bpb": ".8f", "pre_quant_val_bpb": ".10g", "delta_bpb_roundtrip": ".8f",
     "artifact_cap_used_pct": ".4f", "train_shard_coverage_pct": ".6f",
-    "step_ms": ".2f", "harness_overhead_pct": ".2f", "tok_s": ".1f", "val_bpb_spread": ".8f",
+    "step_ms": ".2f", "harness_overhead_pct": ".2f", "tok_s": ".1f", "harness_tok_s": ".1f", "val_bpb_spread": ".8f",
 }
 
 
@@ -197,3 +204,32 @@ def _data_metrics(parsed: ParsedLog, train_shard_tokens: list[int] | None, resul
             result.notes.append("train_shard_*: no data cache given (--cache-dir)")
     elif batch is None:
         result.notes.append("train_tokens_consumed: no train_batch_tokens in the log")
+
+
+def harness_sizes(result: MetricsResult, artifact_bytes: int | None, code_bytes: int) -> tuple[dict, str | None]:
+    """total_bytes from the files themselves: the artifact's size + the trainer's size.
+    Returns (the ledger's size record, the one-line reason when the log's size disagrees).
+    Without an artifact file the log's number stays (the harness cannot score it anyway)."""
+    logged = result.metrics.get("total_bytes")
+    record = {"artifact_bytes": artifact_bytes, "trainer_bytes": code_bytes, "logged_total_bytes": logged}
+    if artifact_bytes is None:
+        return record, None
+    total = artifact_bytes + code_bytes
+    record["total_bytes"] = total
+    m = result.metrics
+    m["total_bytes"] = total
+    m["artifact_headroom_bytes"] = ARTIFACT_CAP_BYTES - total
+    m["artifact_cap_used_pct"] = 100.0 * total / ARTIFACT_CAP_BYTES
+    if logged is not None and logged != total:
+        return record, (f"the log says total_bytes {logged:,} but the artifact file ({artifact_bytes:,} bytes) + "
+                        f"the trainer file ({code_bytes:,} bytes) = {total:,}: the log's size line is wrong")
+    return record, None
+
+
+def harness_throughput(result: MetricsResult, budget: dict, trainer_s: float) -> None:
+    """harness_tok_s: the budget's tokens (or the tokens the log says it trained on, for a
+    step or wall-clock budget) per second of the trainer process's life, on the harness's
+    clock -- start-up, training, evaluation and export included, so extra work shows."""
+    tokens = budget.get("value") if budget.get("kind") == "tokens" else result.metrics.get("train_tokens_consumed")
+    if isinstance(tokens, (int, float)) and tokens > 0 and trainer_s > 0:
+        result.metrics["harness_tok_s"] = round(float(tokens) / trainer_s, 1)

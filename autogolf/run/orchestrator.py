@@ -22,7 +22,9 @@ Exit status: 0 only when a post-round-trip val_bpb under the artifact cap was pr
   1 crash (trainer failed, or no val_bpb)   2 data cache, profile or setting problem (the
   3 artifact over 16,000,000 bytes            trainer's own exit 2 included: a bad setting)
   4 integrity failed: the harness's own score of the artifact disagrees with the trainer's,
-    or the causality probe failed (autogolf/measure/score.py)
+    the causality probe failed (autogolf/measure/score.py), or the log's size line
+    disagrees with the files (measure/metrics.harness_sizes)
+  5 over budget: a wall-clock budget's trainer outlived the budget + the profile's allowance
   70 harness bug      75 lock busy too long
   124 timeout                               137 trainer killed by a signal
   128+N interrupted by signal N (SIGINT 130, SIGTERM 143)
@@ -75,7 +77,7 @@ from autogolf.textutil import one_line, say
 def _best_before(rows: list[dict], row: dict) -> float | None:
     """The best val_bpb of the earlier KEPT runs comparable with this one (verdict.is_kept and
     comparison_key, as the VERDICT compares them): the holdout is scored only for a run
-    that could beat it (measure/score.could_be_kept). The row has no machine yet (that is
+    that could beat it (measure/score.holdout_threshold). The row has no machine yet (that is
     filled in at the end), so this machine's is used for the comparison."""
     key = verdict.comparison_key(dict(row, machine=row.get("machine") or ledger.machine_info()))
     values = [e.val_bpb for e in verdict.kept_experiments(rows, verdict.kept_trainer_hashes(REPO_ROOT))
@@ -230,6 +232,7 @@ class RunState:
     dataset_dir: Path | None = None
     tokenizer_path: Path | None = None
     trainer_bytes: int = 0
+    size_problem: str | None = None  # the log's size line disagrees with the files (metrics.harness_sizes)
     env: dict = field(default_factory=dict)
     launch: dict | None = None
     timeout: float = 0.0  # 0 until resolved
@@ -460,6 +463,9 @@ def _measure(state: RunState) -> None:
         shard_tokens = None
         say(f"autoresearch: warning: {e}")
     state.result = metrics.compute(parsed, code_bytes=state.trainer_bytes, train_shard_tokens=shard_tokens)
+    artifact_bytes = state.artifact.stat().st_size if state.artifact.is_file() else None
+    state.row["sizes"], state.size_problem = metrics.harness_sizes(state.result, artifact_bytes, state.trainer_bytes)
+    metrics.harness_throughput(state.result, state.row.get("budget") or {}, state.trainer_facts.seconds)
     # The `backend:` line comes from the harness's CPU hook (run/cpu_speed.py), which prints
     # to the console only: upstream's log file starts with the trainer's source.
     backend = parsed.backend or (logparse.parse_file(state.console_path).backend
@@ -480,6 +486,12 @@ def _classify(state: RunState) -> None:
                                                         state.result, state.console_path, timeout_reason)
     if state.rank_note and state.status != "ok":
         state.reason = f"{state.reason} ({state.rank_note})"
+    if state.status == "ok" and state.size_problem:
+        state.status, state.reason = "integrity_failed", state.size_problem
+    late = outcome.over_budget(state.row.get("budget") or {}, state.profile.over_budget_allowance_seconds,
+                               state.trainer_facts.seconds)
+    if state.status == "ok" and late:
+        state.status, state.reason = "over_budget", late
     if state.status == "ok":
         state.status, state.reason = _score(state)
 

@@ -2,6 +2,8 @@
 
 Statuses and exit codes (autoresearch.sh's exit status):
   ok 0, crash 1, data_error 2, config_error 2, cap_violation 3, integrity_failed 4,
+  over_budget 5 (a wall-clock budget's trainer lived past the budget + the profile's
+  stated allowance, on the harness's clock: more compute, not a better run),
   harness_error 70, lock_timeout 75, timeout 124, killed 137, interrupted 128+N.
 """
 
@@ -22,7 +24,7 @@ from autogolf.settings import SettingError
 from autogolf.textutil import one_line, say
 
 EXIT_CODES = {"ok": 0, "crash": 1, "data_error": 2, "config_error": 2, "cap_violation": 3, "integrity_failed": 4,
-              "harness_error": 70,
+              "over_budget": 5, "harness_error": 70,
               "lock_timeout": 75, "timeout": 124, "killed": 137}
 
 # What stopped a run before it had a result, by the exception that said so: each message
@@ -63,6 +65,19 @@ def trainer_status(outcome: dict, returncode: int, result: metrics.MetricsResult
     if total is None:
         return "crash", "no artifact size in the log (export did not run?)"
     return "ok", ""
+
+
+def over_budget(budget: dict, allowance: float | None, trainer_s: float) -> str | None:
+    """The reason a wall-clock run is over_budget (its trainer process, on the harness's
+    clock, outlived the budget + the profile's allowance), or None."""
+    if budget.get("kind") != "seconds" or allowance is None or not budget.get("value"):
+        return None
+    limit = float(budget["value"]) + allowance
+    if trainer_s <= limit:
+        return None
+    return (f"the trainer process ran {trainer_s:.0f} s on the harness's clock, past its "
+            f"{float(budget['value']):g} s wall-clock budget + the profile's {allowance:g} s allowance "
+            f"({limit:g} s): it used more compute than the budget, whatever its printed clock says")
 
 
 def exit_code(status: str, row: dict) -> int:

@@ -34,6 +34,10 @@ class Profile:
     env: dict[str, str]  # the profile's own values
     holdout_tokens: int = 0  # hidden holdout the harness scores (autogolf/data/dataview.py)
     sizing: Rules | None = None  # sized to the machine: ladder, target, timeout margin (sizing.py)
+    # A wall-clock budget's allowance: a trainer process that lives longer than the budget +
+    # this (start-up, the step in flight at the cap, both evaluations, the export) is
+    # over_budget (run/outcome.over_budget). None: no such rule (a token or step budget).
+    over_budget_allowance_seconds: float | None = None
     resolved: dict[str, str] = field(default_factory=dict)  # after environment overrides
     overrides: dict[str, str] = field(default_factory=dict)  # variables the environment changed
 
@@ -62,6 +66,8 @@ def load(name: str | None = None, environ: dict | None = None, path: Path = PROF
     try:
         timeout = float(raw["timeout_seconds"])
         holdout = int(raw.get("holdout_tokens", 0))
+        allowance = raw.get("over_budget_allowance_seconds")
+        allowance = None if allowance is None else float(allowance)
         env = {str(k): _env_value(v) for k, v in raw.get("env", {}).items()}
         sizing = Rules.from_table(raw["sizing"], f"{path}: profile {name}") if "sizing" in raw else None
     except SizingError as e:
@@ -70,7 +76,8 @@ def load(name: str | None = None, environ: dict | None = None, path: Path = PROF
         raise ProfileError(f"{path}: profile {name} needs timeout_seconds and an env table "
                            f"of scalars ({e})") from e
     profile = Profile(name=name, description=str(raw.get("description", "")).strip(),
-                      timeout_seconds=timeout, env=env, holdout_tokens=holdout, sizing=sizing)
+                      timeout_seconds=timeout, env=env, holdout_tokens=holdout, sizing=sizing,
+                      over_budget_allowance_seconds=allowance)
     for key, value in env.items():
         if key in environ and environ[key] != value:
             profile.overrides[key] = environ[key]
