@@ -134,7 +134,9 @@ def _tried(argv: list[str]) -> str:
 def python_environment() -> list[Path]:
     """The venv and the interpreter installation it points to (uv's or pyenv's python)."""
     found = {Path(sys.prefix), Path(sys.base_prefix), Path(os.path.realpath(sys.executable)).parent.parent}
-    return sorted(p.resolve() for p in found if p.exists())
+    # both spellings: the venv may be reached through a symbolic link (the trainer is started
+    # by that path), and its interpreter by the link's target
+    return sorted({Path(os.path.abspath(p)) for p in found if p.exists()} | {p.resolve() for p in found if p.exists()})
 
 
 def readable(jail: Jail) -> list[Path]:

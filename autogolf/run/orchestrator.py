@@ -155,9 +155,10 @@ def glob_escape(text: str) -> str:
 # --------------------------------------------------------------------------- the harness at HEAD
 
 def harness_python_flags() -> list[str]:
-    """The flags this harness process runs under (autoresearch.sh sets them): isolated mode,
-    and bytecode kept in a private cache, never a repo __pycache__ anyone could have written."""
-    flags = ["-I"] if sys.flags.isolated else []
+    """The flags this harness process runs under (autoresearch.sh sets them): no PYTHON*
+    variables, no user site, and bytecode kept in a private cache, never a repo __pycache__
+    anyone could have written."""
+    flags = (["-E"] if sys.flags.ignore_environment else []) + (["-s"] if sys.flags.no_user_site else [])
     return flags + (["-X", f"pycache_prefix={sys.pycache_prefix}"] if sys.pycache_prefix else [])
 
 
