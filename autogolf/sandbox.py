@@ -211,14 +211,14 @@ def _bwrap(argv: list[str], env: dict[str, str], jail: Jail, private: bool = Tru
         args.append("--unshare-net")  # a namespace of its own: only its loopback
     for p in _linux_system():
         args += ["--ro-bind", str(p), str(p)]
-    args += ["--dev", "/dev", "--proc", "/proc"]
+    # a private /tmp before any bind: the allowed paths may lie below /tmp
+    args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
     for dev in sorted(Path("/dev").glob("nvidia*")):  # CUDA's device nodes, when there are any
         args += ["--dev-bind-try", str(dev), str(dev)]
     if Path("/dev/dri").exists():
         args += ["--dev-bind-try", "/dev/dri", "/dev/dri"]
     for p in readable(jail) if private else python_environment():
         args += ["--ro-bind", str(p), str(p)]
-    args += ["--tmpfs", "/tmp"]  # a private /tmp, first: a write dir may lie below it
     for p in jail.writes:
         args += ["--bind", str(p), str(p)]
     if private:
