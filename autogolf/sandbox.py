@@ -139,13 +139,14 @@ def python_environment() -> list[Path]:
     return sorted({Path(os.path.abspath(p)) for p in found if p.exists()} | {p.resolve() for p in found if p.exists()})
 
 
-def readable(jail: Jail) -> list[Path]:
+def readable(jail: Jail, repo: Path | None = None, existing: bool = True) -> list[Path]:
     """Every path the jail may read, beyond the system's: the environment, the harness
     package (the trainer imports autogolf/ through a guarded hook) and the reads."""
-    found = python_environment() + [paths.REPO_ROOT / "autogolf"] + [Path(p) for p in jail.reads]
+    repo = Path(repo or paths.REPO_ROOT)
+    found = python_environment() + [repo / "autogolf"] + [Path(p) for p in jail.reads]
     if jail.network == "hosts":  # ssh to the other hosts reads its keys from the real HOME
         found.append(Path.home() / ".ssh")
-    return _unique(p for p in found if os.path.lexists(p))
+    return _unique(p for p in found if not existing or os.path.lexists(p))
 
 
 def _unique(items) -> list[Path]:
@@ -224,7 +225,9 @@ def _bwrap(argv: list[str], env: dict[str, str], jail: Jail, private: bool = Tru
     if private:
         home, tmp = private_dirs(jail)
         env = jail_env(env, home, tmp)
-    args += ["--remount-ro", "/", "--"]
+    # read-only: the root, and the private /tmp (paths below /tmp were bound into it; its
+    # skeleton folders must not take writes). The binds stay as they are; TMPDIR is writable.
+    args += ["--remount-ro", "/tmp", "--remount-ro", "/", "--"]
     return args + list(argv), dict(env)
 
 
@@ -242,7 +245,7 @@ def seatbelt_profile(jail: Jail, home: Path, real_home: Path | None = None, repo
     parent folder still works, which path resolution needs."""
     real_home = Path(real_home or Path.home())
     repo = Path(repo or paths.REPO_ROOT)
-    allowed = readable(jail) + [Path(p) for p in jail.writes]
+    allowed = readable(jail, repo, existing=False) + [Path(p) for p in jail.writes]
     lines = ["(version 1)", "(allow default)",
              f"(deny file-read-data (subpath {_sb(real_home)}) (subpath {_sb(repo / 'data')}) "
              f"(subpath {_sb(repo / 'logs')}) (subpath {_sb(repo / '.git')}))",
@@ -278,7 +281,7 @@ def record() -> dict:
     return out
 
 
-def startup_seconds(repeat: int = 3) -> dict:
+def startup_seconds(repeat: int = 7) -> dict:
     """Measured: seconds to start and end `python -c pass` plainly and inside the sandbox."""
     jail_dir = paths.LOGS_DIR / "sandbox-probe"
     jail_dir.mkdir(parents=True, exist_ok=True)
