@@ -180,12 +180,13 @@ def jail_env(env: dict[str, str], home: Path, tmp: Path) -> dict[str, str]:
 
 # --------------------------------------------------------------------------- wrap
 
-def wrap(argv: list[str], env: dict[str, str], jail: Jail) -> tuple[list[str], dict[str, str]]:
-    """The argv and env that run `argv` confined by this machine's mechanism (unchanged
-    argv under `none`, but still a private HOME and TMPDIR)."""
+def wrap(argv: list[str], env: dict[str, str], jail: Jail,
+         kind: str | None = None) -> tuple[list[str], dict[str, str]]:
+    """The argv and env that run `argv` confined by this machine's mechanism, or by `kind`
+    (a benchmark's choice); unchanged argv under `none`, but still a private HOME and TMPDIR."""
     if jail.network not in NETWORKS:
         raise ValueError(f"Jail.network={jail.network!r}: one of {', '.join(NETWORKS)}")
-    kind = mechanism()
+    kind = kind or mechanism()
     if kind == "bwrap":
         return _bwrap(argv, env, jail)
     home, tmp = private_dirs(jail)

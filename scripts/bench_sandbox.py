@@ -61,8 +61,7 @@ def main() -> int:
             for mech in mechanisms:
                 argv, env = [sys.executable, "-c", code], dict(os.environ)
                 if mech != "plain":
-                    os.environ["AUTOGOLF_SANDBOX"] = mech
-                    argv, env = sandbox.wrap(argv, env, sandbox.Jail(reads=[], writes=[work]))
+                    argv, env = sandbox.wrap(argv, env, sandbox.Jail(reads=[], writes=[work]), kind=mech)
                 times = timed(argv, env, args.repeat)
                 med = statistics.median(times)
                 base = med if mech == "plain" else base
@@ -70,7 +69,6 @@ def main() -> int:
                     f"  +{(med - base) * 1000:6.1f} ms = {100 * (med - base) / wall:.3f}% of breadth"
                 print(f"{label:<16} {mech:<9} {med * 1000:7.1f} ms ({min(times) * 1000:6.1f}){extra}")
     finally:
-        os.environ.pop("AUTOGOLF_SANDBOX", None)
         shutil.rmtree(work, ignore_errors=True)
     for mech in mechanisms[1:]:  # each run checks once that its mechanism starts (cached after)
         t = time.perf_counter()
