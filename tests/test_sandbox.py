@@ -100,7 +100,8 @@ with open(os.path.join(os.getcwd(), "logs", "runs.jsonl"), "a") as _f:  # cwd: t
 """
     out, row, summary = run(project, tiny_data, tmp_path, code)
     assert_denied(out, row, summary, "logs/runs.jsonl")
-    assert "forged" not in (project / "logs" / "runs.jsonl").read_text()
+    assert not any(r.get("run_id") == "forged" for r in ledger_rows(project))
+    assert '"run_id": "forged"' not in (project / "logs" / "runs.jsonl").read_text()
 
 
 def test_protected_record_is_not_rewritten(project, tiny_data, tmp_path):
