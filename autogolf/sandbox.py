@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autogolf import paths, settings
+from autogolf import kernelcache, paths, settings
 from autogolf.settings import SettingError
 
 MECHANISMS = ("bwrap", "landlock", "seatbelt")
@@ -160,7 +160,8 @@ def _unique(items) -> list[Path]:
 
 
 def private_dirs(jail: Jail) -> tuple[Path, Path]:
-    """The jail's HOME and TMPDIR, made empty, inside its first write dir."""
+    """The jail's HOME and TMPDIR, inside its first write dir: HOME empty, TMPDIR holding
+    only a copy of the warm MLX kernels."""
     if not jail.writes:
         raise ValueError("a jail needs a write dir for its private HOME and TMPDIR")
     base = Path(jail.writes[0])
@@ -168,6 +169,7 @@ def private_dirs(jail: Jail) -> tuple[Path, Path]:
     for d in (home, tmp):
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
+    kernelcache.seed(tmp)  # MLX's compiled CPU kernels, warm (a copy: autogolf/kernelcache.py)
     return home, tmp
 
 

@@ -52,7 +52,7 @@ from pathlib import Path
 
 import psutil
 
-from autogolf import paths, sandbox, settings
+from autogolf import kernelcache, paths, sandbox, settings
 from autogolf.data import dataview, shardstate
 from autogolf.data.cache import CacheError, resolve_dataset, verify_cache
 from autogolf.data.shards import ShardError
@@ -466,6 +466,7 @@ def _train(state: RunState) -> None:
                                             on_line=state.projection)
     finally:
         row["outputs"] = outputs.collect(state.out_dir, state.logs_dir, state.run_id)
+        row["outputs"]["kernels"] = kernelcache.harvest(state.out_dir / ".tmp")
     returncode = state.trainer_outcome["returncode"]
     row["returncode"], state.rank_note = distributed.rank_returncode(returncode, read_text(state.console_path)) \
         if state.launch else (returncode, "")

@@ -45,7 +45,9 @@ def collect(out_dir: Path, logs_dir: Path, run_id: str) -> dict:
 
 
 def _names_below(folder: Path, root: Path) -> list[str]:
+    """Files left in the private HOME and TMPDIR, MLX's kernel cache aside (kernelcache.py)."""
     out = []
     for dirpath, _, files in os.walk(folder):
-        out += [str((Path(dirpath) / f).relative_to(root)) for f in files]
+        names = [str((Path(dirpath) / f).relative_to(root)) for f in files]
+        out += [n for n in names if not n.startswith(".tmp/mlx/")]
     return out
