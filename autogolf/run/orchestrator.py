@@ -479,6 +479,8 @@ def _jail(state: RunState, out_dir: Path) -> sandbox.Jail:
     tokenizer) and write (one out dir); its network: none, or loopback between the ranks
     of an NPROC run, or the network for HOSTS= (other machines)."""
     reads = [state.trainer, state.view_dir, state.tokenizer_path] + dataview.link_targets(state.view_dir)
+    if state.launch and state.launch.get("hostfile"):  # mlx.launch reads it inside the jail
+        reads.append(state.launch["hostfile"])
     network = "none" if not state.launch else "hosts" if "hostfile" in state.launch else "loopback"
     hosts = tuple(state.launch.get("hosts") or ()) if network == "hosts" else ()
     return sandbox.Jail(reads=[Path(p) for p in reads if p], writes=[out_dir], network=network, hosts=hosts)
