@@ -117,6 +117,7 @@ def env(tiny_data, tmp_path) -> dict:
 # helpers that start such a process.
 INTEGRATION_MODULES = {
     "test_autoresearch", "test_distributed", "test_integrity", "test_checks", "test_sizing_runs",  # the harness
+    "test_sandbox",  # tampered trainers in the sandbox
     "test_trainer", "test_backends", "test_bench_trainer",  # the trainer
     "test_supervisor", "test_agent_e2e", "test_agent_launch", "test_agent_install",  # tmux, pi, npm
     "test_shell_scripts",  # runs every shell script, tmux's included
