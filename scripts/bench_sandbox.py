@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from autogolf import paths, sandbox  # noqa: E402
+from autogolf import kernelcache, paths, sandbox  # noqa: E402
 from autogolf.judge import integrity, ledger  # noqa: E402
 
 PROGRAMS = {"python -c pass": "pass", "import mlx.core": "import mlx.core"}
@@ -75,6 +75,18 @@ def main() -> int:
         sandbox.problem.__wrapped__(mech)
         once = time.perf_counter() - t
         print(f"mechanism check   {mech:<9} {once * 1000:7.1f} ms once per run = {100 * once / wall:.3f}% of breadth")
+    seed_dir = Path(tempfile.mkdtemp(prefix="bench-kernels-"))
+    try:
+        t = time.perf_counter()
+        count = kernelcache.seed(seed_dir)
+        seeded = time.perf_counter() - t
+        t = time.perf_counter()
+        kernelcache.harvest(seed_dir)  # nothing new: the cost of the look
+        looked = time.perf_counter() - t
+    finally:
+        shutil.rmtree(seed_dir, ignore_errors=True)
+    print(f"kernel cache: seeding {count} kernels {seeded * 1000:.1f} ms, harvest {looked * 1000:.1f} ms "
+          f"= {100 * (seeded + looked) / wall:.3f}% of breadth")
     times = []
     for _ in range(5):
         t = time.perf_counter()
