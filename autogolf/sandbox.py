@@ -234,6 +234,15 @@ def _bwrap(argv: list[str], env: dict[str, str], jail: Jail, private: bool = Tru
     return args + list(argv), dict(env)
 
 
+def child_returncode(returncode: int, kind: str | None = None) -> int:
+    """The confined command's exit status as Popen would give it unconfined: bubblewrap
+    reports a child killed by signal N as exit 128+N, so that becomes -N (a trainer that
+    itself exits with 128+N reads as killed by N, as a shell would say)."""
+    if (kind or mechanism()) == "bwrap" and 128 < returncode <= 128 + 64:
+        return -(returncode - 128)
+    return returncode
+
+
 # --------------------------------------------------------------------------- macOS
 
 def _sb(path: Path | str) -> str:

@@ -467,7 +467,7 @@ def _train(state: RunState) -> None:
     finally:
         row["outputs"] = outputs.collect(state.out_dir, state.logs_dir, state.run_id)
         row["outputs"]["kernels"] = kernelcache.harvest(state.out_dir / ".tmp")
-    returncode = state.trainer_outcome["returncode"]
+    returncode = state.trainer_outcome["returncode"] = sandbox.child_returncode(state.trainer_outcome["returncode"])
     row["returncode"], state.rank_note = distributed.rank_returncode(returncode, read_text(state.console_path)) \
         if state.launch else (returncode, "")
     prune_raw_model(state.logs_dir, state.run_id)
