@@ -92,9 +92,14 @@ def harvest(tmpdir: Path, cache: Path | None = None) -> dict:
             continue
         version, name = key.split("/")
         dst = cache / version / "cpu" / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".{name}.{os.getpid()}.partial")
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
+        tmp = dst.with_name(f".partial-{os.getpid()}-{taken}")  # kernel names run near NAME_MAX
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+        except OSError:  # a cache that cannot take it costs a compile later, never the run
+            tmp.unlink(missing_ok=True)
+            refused += 1
+            continue
         taken += 1
     return {"cached": len(have) + taken, "new": taken, "refused": refused}

@@ -192,17 +192,19 @@ def test_kernel_cache_takes_back_only_small_elf_kernels_and_seeds_copies(tmp_pat
     cpu = run_tmp / "mlx" / "0.32.4" / "cpu"
     cpu.mkdir(parents=True)
     (cpu / "libAf4OAdd_VV_f4_123_contiguous.so").write_bytes(b"\x7fELF" + b"\0" * 100)
+    (cpu / ("lib" + "A" * 245 + ".so")).write_bytes(b"\x7fELF")  # a name at NAME_MAX (255)
     (cpu / "Af4OAdd_VV_f4_123_contiguous.cpp").write_text("// source: not needed to load")
     (cpu / "libBig_1_contiguous.so").write_bytes(b"\x7fELF" + b"\0" * kernelcache.MAX_KERNEL_BYTES)
     (cpu / "libNotElf_1_contiguous.so").write_bytes(b"weights" * 10)
     (cpu / "weights.npz").write_bytes(b"\x7fELF")
     os.symlink(cpu / "libAf4OAdd_VV_f4_123_contiguous.so", cpu / "libLink_1_contiguous.so")
     record = kernelcache.harvest(run_tmp, cache)
-    assert record == {"cached": 1, "new": 1, "refused": 2}
-    assert sorted(p.name for p in (cache / "0.32.4" / "cpu").iterdir()) == ["libAf4OAdd_VV_f4_123_contiguous.so"]
-    assert kernelcache.harvest(run_tmp, cache) == {"cached": 1, "new": 0, "refused": 2}  # nothing new
+    assert record == {"cached": 2, "new": 2, "refused": 2}
+    assert sorted(p.name for p in (cache / "0.32.4" / "cpu").iterdir()) == [
+        "lib" + "A" * 245 + ".so", "libAf4OAdd_VV_f4_123_contiguous.so"]
+    assert kernelcache.harvest(run_tmp, cache) == {"cached": 2, "new": 0, "refused": 2}  # nothing new
     fresh = tmp_path / "next" / ".tmp"
-    assert kernelcache.seed(fresh, cache) == 1
+    assert kernelcache.seed(fresh, cache) == 2
     seeded = fresh / "mlx" / "0.32.4" / "cpu" / "libAf4OAdd_VV_f4_123_contiguous.so"
     seeded.write_bytes(b"\x7fELF poisoned")  # a copy: the cache itself is untouched
     assert (cache / "0.32.4" / "cpu" / seeded.name).read_bytes() == b"\x7fELF" + b"\0" * 100
