@@ -85,6 +85,10 @@ bench-trainer *ARGS:
 bench-distributed *ARGS:
     {{py}} scripts/bench_distributed.py {{ARGS}}
 
+# what the trainer's sandbox costs per start (plain vs each mechanism) and as a share of a breadth run
+bench-sandbox *ARGS:
+    {{py}} scripts/bench_sandbox.py {{ARGS}}
+
 # corpus import throughput in MB of text per second
 bench-corpus *ARGS:
     {{py}} scripts/bench_corpus.py {{ARGS}}
@@ -92,6 +96,10 @@ bench-corpus *ARGS:
 # which BLAS MLX uses, with a measured fp32 matmul GFLOP/s
 blas:
     {{py}} -m autogolf.run.blas
+
+# does the trainer's sandbox work here: its mechanism, a tiny MLX program inside it, its start-up cost
+doctor:
+    @{{py}} -m autogolf.lab.doctor
 
 # the run ledger (logs/runs.jsonl)
 ledger *ARGS:

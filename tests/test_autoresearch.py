@@ -292,11 +292,11 @@ def test_timeout_kills_a_hanging_trainer_and_its_escaped_child(project, env, tmp
     """A real trainer with a huge ITERATIONS and a tiny timeout. The copy also starts a
     child in a session of its own -- outside the trainer's process group -- which only the
     process-tree kill (psutil) can find."""
-    pid_file = tmp_path / "escaped.pid"
+    # found by its unique command line: in the sandbox's pid namespace its own pid is not the host's
+    marker = f"300.{os.getpid()}{time.time_ns() % 100000}"
     trainer = trainer_copy(project, tmp_path, lambda t: inject_after_imports(t, (
         "import subprocess as _sp\n"
-        f"_c = _sp.Popen(['sleep', '300'], start_new_session=True)\n"
-        f"open({str(pid_file)!r}, 'w').write(str(_c.pid))\n")))
+        f"_c = _sp.Popen(['sleep', {marker!r}], start_new_session=True)\n")))
     with TrainerWatch(str(tmp_path)) as watch:
         out = run_bench(project, dict(env, ITERATIONS="100000", AUTOGOLF_TRAINER=str(trainer),
                                       AUTOGOLF_TIMEOUT="12"))
@@ -304,8 +304,8 @@ def test_timeout_kills_a_hanging_trainer_and_its_escaped_child(project, env, tmp
     last = summary_line(out.stdout)
     assert last.startswith("autoresearch: timeout") and "12 s timeout" in last
     watch.assert_clean()
-    escaped = int(pid_file.read_text())
-    assert not psutil.pid_exists(escaped) or psutil.Process(escaped).status() == psutil.STATUS_ZOMBIE
+    escaped = [p for p in psutil.process_iter(["cmdline", "status"]) if (p.info["cmdline"] or [])[-1:] == [marker]]
+    assert all(p.info["status"] == psutil.STATUS_ZOMBIE for p in escaped), escaped
     rows = ledger_rows(project)
     assert [r["status"] for r in rows] == ["timeout"]
     assert lock_is_free(Path(env["AUTOGOLF_LOCK_PATH"]))

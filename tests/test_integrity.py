@@ -53,20 +53,14 @@ def reads_targets(text: str) -> str:
                 ".astype(COMPUTE_DTYPE))")
 
 
-def raw_weights(text: str) -> str:
-    # export keeps a copy of the raw weights next to the trainer; the loader reads that copy
-    line = "    mx.savez(str(out_path), **flat_state)\n"
-    text = edit(text, line, f"{line}    mx.savez(str(Path(__file__).with_suffix('.npz')), **flat_state)\n")
-    return edit(text, "    model.update(tree_unflatten(list(dequantize_state_dict_int8(pickle.loads(zlib.decompress(blob))).items())))\n",
-                "    model.update(tree_unflatten(list(mx.load(str(Path(__file__).with_suffix('.npz'))).items())))\n")
-
-
 TAMPERS = {
     "bytes_plus_one": (bytes_plus_one, "the harness scored the artifact at val_bpb"),
     "loss_scaled_down": (loss_scaled_down, "the harness scored the artifact at val_bpb"),
     "reads_targets": (reads_targets, "causality probe failed"),
-    "raw_weights": (raw_weights, "the artifact is not the model's only source"),
 }
+# A loader reading raw weights kept next to the trainer file now fails earlier: the sandboxed
+# trainer cannot write there (read-only). tests/test_sandbox.py runs the weights-outside-the-
+# artifact tampers.
 
 
 def run(project, data, tmp_path, trainer_edit=None):
@@ -149,6 +143,5 @@ def test_tampered_trainer_is_caught(project, data, tmp_path, name):
     assert row["harness_score"]["trainer_val_bpb"] == row["metrics"]["val_bpb"]  # both numbers kept
     # a failed run cannot be kept: its holdout is never scored, not even with AUTOGOLF_HOLDOUT=every
     assert row["holdout"]["val_bpb"] is None and "failed the harness's integrity check" in row["holdout"]["slice"]
-    if name != "raw_weights":
-        assert isinstance(row["harness_score"]["val_bpb"], float)
+    assert isinstance(row["harness_score"]["val_bpb"], float)
     print(f"\n{name}: {summary.split('reason: ', 1)[1]}")

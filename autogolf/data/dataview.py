@@ -128,5 +128,17 @@ def _build_view(dataset_dir: Path, view_root: Path, val_max_tokens: int, holdout
     return view, record
 
 
+def link_targets(view_root: Path) -> list[Path]:
+    """The real files the view's symbolic links name (a sandbox must let the trainer read
+    them, and nothing else of the cache); none where the view is all hard links."""
+    out = []
+    for dirpath, _, files in os.walk(view_root):
+        for name in files:
+            path = Path(dirpath) / name
+            if path.is_symlink():
+                out.append(path.resolve())
+    return out
+
+
 def remove_view(view_root: Path) -> None:
     shutil.rmtree(view_root, ignore_errors=True)

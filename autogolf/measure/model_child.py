@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from autogolf import sandbox
 from autogolf.measure import wire
 
 def max_vocab(tokenizer_vocab: int) -> int:
@@ -34,12 +35,12 @@ class ChildError(RuntimeError):
 
 def confine_child(argv: list[str], env: dict[str, str], reads: list[Path],
                   writes: list[Path]) -> tuple[list[str], dict[str, str]]:
-    """The child's command and environment, confined to reading `reads` (the trainer file,
-    plus the Python environment) and writing `writes` (its scratch folder) only.
-    Today this returns them unchanged: the lead wires it to autogolf.sandbox.wrap(argv, env,
-    Jail(reads=reads, writes=writes, network="none")) at the merge with issue 15 part A."""
-    del reads, writes  # the sandbox's arguments; unused until then
-    return argv, env
+    """The child's command and environment, confined by the trainer's own sandbox
+    (autogolf/sandbox.py): it reads `reads` (the trainer file), the Python environment and
+    the harness package, writes only `writes` (its scratch folder, which holds its private
+    HOME and TMPDIR), and has no network. The artifact's bytes reach it over the pipe, so
+    neither the cache, the holdout nor the ledger is in its reach."""
+    return sandbox.wrap(argv, env, sandbox.Jail(reads=list(reads), writes=list(writes), network="none"))
 
 
 def _die_with_parent(parent_pid: int):

@@ -46,6 +46,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -53,17 +54,17 @@ from pathlib import Path
 
 import psutil
 
-from autogolf import paths, settings
+from autogolf import kernelcache, paths, sandbox, settings
 from autogolf.data import dataview, shardstate
 from autogolf.data.cache import CacheError, resolve_dataset, verify_cache
 from autogolf.data.shards import ShardError
 from autogolf.fsutil import file_sha256
-from autogolf.judge import ledger, repeats, verdict
+from autogolf.judge import integrity, ledger, repeats, verdict
 from autogolf.judge import protected
 from autogolf.judge.protected import ensure_manifest, harness_digest, manifest_digest
 from autogolf.measure import logparse, metrics, score
 from autogolf.paths import REPO_ROOT
-from autogolf.run import budget, distributed, outcome, probe, profiles, sizing, storage
+from autogolf.run import budget, distributed, outcome, outputs, probe, profiles, sizing, storage
 from autogolf.run.blas import preload_env
 from autogolf.run.outcome import EXIT_CODES
 from autogolf.run.runlock import RunLock
@@ -155,6 +156,14 @@ def glob_escape(text: str) -> str:
 
 # --------------------------------------------------------------------------- the harness at HEAD
 
+def harness_python_flags() -> list[str]:
+    """The flags this harness process runs under (autoresearch.sh sets them): no PYTHON*
+    variables, no user site, and bytecode kept in a private cache, never a repo __pycache__
+    anyone could have written."""
+    flags = (["-E"] if sys.flags.ignore_environment else []) + (["-s"] if sys.flags.no_user_site else [])
+    return flags + (["-X", f"pycache_prefix={sys.pycache_prefix}"] if sys.pycache_prefix else [])
+
+
 def _names(names: list[str], limit: int = 8) -> str:
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
@@ -205,7 +214,7 @@ def _harness_at_head(argv: list[str]) -> tuple[dict | None, int | None]:
     env = dict(os.environ, AUTOGOLF_RESTORED=f"{os.getpid()} {json.dumps({'files': changed, 'removed': added})}")
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "autogolf.run", *argv], env)
+    os.execve(sys.executable, [sys.executable, *harness_python_flags(), "-m", "autogolf.run", *argv], env)
     return None, EXIT_CODES["harness_error"]  # not reached
 
 
@@ -245,6 +254,7 @@ class RunState:
     train_s: float = 0.0
     printed: dict = field(default_factory=dict)
     last_repeat: bool = True
+    integrity_before: dict = field(default_factory=dict)  # hashes taken before the trainer started
 
     @property
     def log_path(self) -> Path:
@@ -265,6 +275,12 @@ class RunState:
     @property
     def view_dir(self) -> Path:
         return self.logs_dir / "views" / self.run_id
+
+    @property
+    def out_dir(self) -> Path:
+        """The only place the sandboxed trainer may write; its log and artifact are moved
+        into logs/ afterwards (outputs.collect), and the rest goes with the folder."""
+        return self.logs_dir / "work" / self.run_id
 
 
 def _begin(profile_name: str, run_id: str, repeat: dict | None, stop: StopFlag,
@@ -355,14 +371,17 @@ def _prepare_environment(state: RunState) -> None:
     view_dir, row["data_view"] = dataview.build_view(
         state.dataset_dir, state.view_dir, _int(env.get("VAL_MAX_TOKENS", "0"), "VAL_MAX_TOKENS"),
         profile.holdout_tokens)
+    shutil.rmtree(state.out_dir, ignore_errors=True)
+    state.out_dir.mkdir(parents=True)
     env.update({"DATA_PATH": str(view_dir), "TOKENIZER_PATH": str(state.tokenizer_path),
-                "RUN_ID": state.run_id, "OUT_DIR": str(state.logs_dir), "PYTHONUNBUFFERED": "1"})
+                "RUN_ID": state.run_id, "OUT_DIR": str(state.out_dir), "PYTHONUNBUFFERED": "1"})
     env = state.env = preload_env(env)  # optimized BLAS on Linux CPU (autogolf/run/blas.py)
     row["settings"] = _settings(state.trainer, env, profile)
     row["blas_preload"] = env.get("LD_PRELOAD", "")
     state.launch = row["distributed"] = distributed.plan(env)  # NPROC / HOSTS: mlx.launch
     if state.launch:
         distributed.require_support(state.trainer)
+    row["sandbox"] = sandbox.record()
     row["settings"].update({k: env[k] for k in ("NPROC", "HOSTS") if env.get(k)})
 
 
@@ -393,7 +412,8 @@ def _size_to_machine(state: RunState) -> float | None:
     if probed_now:
         state.lock.set_deadline(time.time() + probe.PROBE_TIMEOUT_SECONDS + 2 * state.grace + 60)
 
-        def spawn(cmd, probe_env, console, limit, on_line):
+        def spawn(cmd, probe_env, console, limit, on_line):  # the probe is sandboxed as a run is
+            cmd, probe_env = sandbox.wrap(cmd, probe_env, _jail(state, console.parent))
             return run_trainer(cmd, probe_env, console, limit, state.grace, state.lock, state.stop,
                                on_line=on_line)
 
@@ -443,14 +463,32 @@ def _train(state: RunState) -> None:
                                           dict(row["settings"], PYTHONUNBUFFERED="1"))
     if row["budget"]["kind"] in ("tokens", "steps"):  # a step count to project the lifetime from
         state.projection = sizing.Projection(state.timeout, float((row.get("sizing") or {}).get("tail_s") or 0.0))
-    state.trainer_outcome = run_trainer(command, state.env, state.console_path, state.timeout, state.grace,
-                                        state.lock, state.stop, facts=state.trainer_facts,
-                                        on_line=state.projection)
-    returncode = state.trainer_outcome["returncode"]
+    command, env = sandbox.wrap(command, state.env, _jail(state, state.out_dir))
+    state.integrity_before = integrity.snapshot(REPO_ROOT, state.trainer)
+    try:
+        state.trainer_outcome = run_trainer(command, env, state.console_path, state.timeout, state.grace,
+                                            state.lock, state.stop, facts=state.trainer_facts,
+                                            on_line=state.projection)
+    finally:
+        row["outputs"] = outputs.collect(state.out_dir, state.logs_dir, state.run_id)
+        row["outputs"]["kernels"] = kernelcache.harvest(state.out_dir / ".tmp")
+    returncode = state.trainer_outcome["returncode"] = sandbox.child_returncode(state.trainer_outcome["returncode"])
     row["returncode"], state.rank_note = distributed.rank_returncode(returncode, read_text(state.console_path)) \
         if state.launch else (returncode, "")
     prune_raw_model(state.logs_dir, state.run_id)
     row["artifact_path"] = str(state.artifact.relative_to(REPO_ROOT)) if state.artifact.is_file() else None
+
+
+def _jail(state: RunState, out_dir: Path) -> sandbox.Jail:
+    """What the trainer may read (its file, its data view and what the view links to, the
+    tokenizer) and write (one out dir); its network: none, or loopback between the ranks
+    of an NPROC run, or the network for HOSTS= (other machines)."""
+    reads = [state.trainer, state.view_dir, state.tokenizer_path] + dataview.link_targets(state.view_dir)
+    if state.launch and state.launch.get("hostfile"):  # mlx.launch reads it inside the jail
+        reads.append(state.launch["hostfile"])
+    network = "none" if not state.launch else "hosts" if "hostfile" in state.launch else "loopback"
+    hosts = tuple(state.launch.get("hosts") or ()) if network == "hosts" else ()
+    return sandbox.Jail(reads=[Path(p) for p in reads if p], writes=[out_dir], network=network, hosts=hosts)
 
 
 def _measure(state: RunState) -> None:
@@ -486,6 +524,10 @@ def _classify(state: RunState) -> None:
                                                         state.result, state.console_path, timeout_reason)
     if state.rank_note and state.status != "ok":
         state.reason = f"{state.reason} ({state.rank_note})"
+    changed = integrity.failure(state.integrity_before, REPO_ROOT, state.trainer)
+    if changed:  # whatever the trainer's own outcome: the harness it ran beside is not the one it started with
+        state.status, state.reason = "integrity_failed", changed
+        return
     if state.status == "ok" and state.size_problem:
         state.status, state.reason = "integrity_failed", state.size_problem
     late = outcome.over_budget(state.row.get("budget") or {}, state.profile.over_budget_allowance_seconds,
@@ -588,6 +630,7 @@ def _record(state: RunState) -> None:
     """The ledger row, bounded storage (run/storage.py), then the lock goes."""
     lock = state.lock if state.lock is not None and state.lock.fd is not None else None  # None: never acquired
     dataview.remove_view(state.view_dir)
+    shutil.rmtree(state.out_dir, ignore_errors=True)
     try:
         ledger.append(state.row, state.ledger_path)
         try:

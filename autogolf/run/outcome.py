@@ -113,7 +113,7 @@ def budget_label(row: dict, timeout: float | None, grace: float) -> str:
 def print_repeat_line(status: str, row: dict, repeat: dict, val_bpb, budget: str) -> None:
     """One line for a repeat that is not the group's last: the last one prints the rest."""
     say(f"autoresearch: repeat {repeat['index']}/{repeat['of']} (SEED={repeat['seed'] or 'default'}) "
-        f"{status} val_bpb={val_bpb} {budget} log={row['log_path']}")
+        f"{status} val_bpb={val_bpb} {budget}{sandbox_label(row)} log={row['log_path']}")
 
 
 def _vs_best(v: dict) -> str:
@@ -144,6 +144,13 @@ def _code_label(m: dict) -> str:
     return f" code_bytes={m['code_bytes']:,}(upstream {UPSTREAM_TRAINER_BYTES:,}, {extra:+,})"
 
 
+def sandbox_label(row: dict) -> str:
+    """` sandbox=bwrap` (or landlock, seatbelt, none, none(AUTOGOLF_SANDBOX=off)) on every
+    line: what confined the trainer; `none` is never kept (judge/verdict.py)."""
+    record = row.get("sandbox")
+    return f" sandbox={record.get('label', '?')}" if record else ""
+
+
 def print_summary(status: str, reason: str, row: dict, printed: dict, dataset_label: str,
                   wall: float, train_s: float, trainer_s: float, budget: str) -> None:
     """The METRIC lines (none for an integrity failure: the harness disowns its numbers),
@@ -162,8 +169,8 @@ def print_summary(status: str, reason: str, row: dict, printed: dict, dataset_la
             f"headroom={m['artifact_headroom_bytes']:,}{_code_label(m)} wall={wall:.1f}s train={train_s:.1f}s "
             f"overhead={m['harness_overhead_pct']:.1f}% (harness {wall - trainer_s:.1f}s)"
             f" harness_score=agrees(|diff|={row['harness_score']['abs_diff']:.1e})"
-            f" {budget}{overrides}{restored_label(row)} log={row['log_path']}")
+            f" {budget}{overrides}{restored_label(row)}{sandbox_label(row)} log={row['log_path']}")
     else:
         say(f"autoresearch: {status} profile={profile_name} dataset={dataset_label} "
-            f"wall={wall:.1f}s {budget}{restored_label(row)} log={row['console_path']} reason: {one_line(reason)}")
+            f"wall={wall:.1f}s {budget}{restored_label(row)}{sandbox_label(row)} log={row['console_path']} reason: {one_line(reason)}")
     say(verdict.format_line(row["verdict"]))
