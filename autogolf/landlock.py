@@ -62,8 +62,9 @@ def _check(result: int, what: str) -> int:
     return result
 
 
-def restrict(read: list[str], write: list[str], tcp: bool) -> int:
-    """Confine this process (and all it will exec) to the rules; returns the ABI used."""
+def restrict(read: list[str], write: list[str], tcp: bool, listed: list[str] = ()) -> int:
+    """Confine this process (and all it will exec) to the rules; returns the ABI used.
+    `listed`: folders whose entries may be listed (names only, no file's content)."""
     abi = abi_version()
     if abi < 1:
         raise OSError("Landlock is not available in this kernel")
@@ -76,7 +77,7 @@ def restrict(read: list[str], write: list[str], tcp: bool) -> int:
     ruleset = _check(libc.syscall(ctypes.c_long(_CREATE), ctypes.byref(attr), ctypes.c_size_t(size),
                                   ctypes.c_uint32(0)), "create_ruleset")
     try:
-        for paths, rights in ((read, _READ), (write, fs_all)):
+        for paths, rights in ((listed, _READ_DIR), (read, _READ), (write, fs_all)):
             for path in paths:
                 _add_path(libc, ruleset, path, rights, fs_all)
         _check(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
@@ -106,7 +107,7 @@ def main(argv: list[str]) -> None:
         sys.exit("usage: python -I -m autogolf.landlock RULES_JSON -- COMMAND...")
     rules = json.loads(argv[0])
     try:
-        restrict(rules["read"], rules["write"], bool(rules.get("tcp")))
+        restrict(rules["read"], rules["write"], bool(rules.get("tcp")), rules.get("list") or [])
     except OSError as e:
         sys.exit(f"sandbox (landlock): {e}; the run cannot be confined")
     os.execvp(argv[2], argv[2:])

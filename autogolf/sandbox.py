@@ -196,7 +196,10 @@ def wrap(argv: list[str], env: dict[str, str], jail: Jail,
     if kind == "landlock":
         rules = {"read": [str(p) for p in _linux_system() + readable(jail)] + ["/proc"],
                  "write": [str(p) for p in jail.writes] + ["/dev"],
-                 "tcp": jail.network != "none"}
+                 "tcp": jail.network != "none",
+                 # the checkout's folder listed (names only): Python's import system lists a
+                 # sys.path entry before it finds autogolf/ there (PYTHONPATH=the checkout)
+                 "list": [str(paths.REPO_ROOT)]}
         return [sys.executable, "-I", "-m", "autogolf.landlock", json.dumps(rules), "--", *argv], env
     if kind == "seatbelt":
         return ["/usr/bin/sandbox-exec", "-p", seatbelt_profile(jail, home), *argv], env

@@ -375,6 +375,9 @@ def _prepare_environment(state: RunState) -> None:
     state.out_dir.mkdir(parents=True)
     env.update({"DATA_PATH": str(view_dir), "TOKENIZER_PATH": str(state.tokenizer_path),
                 "RUN_ID": state.run_id, "OUT_DIR": str(state.out_dir), "PYTHONUNBUFFERED": "1"})
+    # the trainer's hook imports THIS checkout's harness package (the one the sandbox lets it
+    # read), not whichever one the venv's editable install points at
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     env = state.env = preload_env(env)  # optimized BLAS on Linux CPU (autogolf/run/blas.py)
     row["settings"] = _settings(state.trainer, env, profile)
     row["blas_preload"] = env.get("LD_PRELOAD", "")
