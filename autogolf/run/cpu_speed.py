@@ -10,7 +10,13 @@ benchmark/train_gpt_mlx.py is upstream's file plus one guarded hook near its top
         COMPUTE_DTYPE = _autogolf_install(COMPUTE_DTYPE, __name__)
 
 Without this package (a submission, upstream's machines) the trainer runs as upstream's does.
-With it, on a CPU only (Metal and CUDA are left exactly as upstream), `install`:
+With it, `install` first hands a rank of an mlx.launch group (NPROC / HOSTS) to
+run/data_parallel.py, on every backend: upstream's file is one process, and that module makes
+its ranks train one model (each rank computes on its rows of every batch, the outputs are
+summed over the group, the ranks share rank 0's clock, rank 0 alone writes). It lives here,
+outside the trainer, because those edits would sit in the lines records change and break their
+diffs; in one process it does nothing. Then, on a CPU only (Metal and CUDA are left exactly as
+upstream), `install`:
   - makes MLX use an optimized BLAS: the mlx[cpu] wheel binds its matmuls to a reference
     BLAS (~6 GFLOP/s) unless MKL/OpenBLAS is in the process first. The harness starts the
     trainer with LD_PRELOAD set (run/blas.py); started by hand it restarts itself once so;
@@ -25,8 +31,10 @@ With it, on a CPU only (Metal and CUDA are left exactly as upstream), `install`:
       mx.fast.rope: the same rotation from cos/sin tables computed once per shape;
     every other case (sinks, traditional RoPE, custom freqs, ...) calls MLX's own function;
   - spreads batches over CPU streams (_patch_compile, RowSplit): MLX runs each stream on its own
-    thread, but its elementwise kernels single-threaded, so one stream leaves cores idle.
-AUTOGOLF_CPU_SPEED=0 turns all of it off (the trainer then is upstream's, bf16 included).
+    thread, but its elementwise kernels single-threaded, so one stream leaves cores idle. The
+    ranks of a data-parallel run on this machine share its cores; the rank split wraps this one.
+AUTOGOLF_CPU_SPEED=0 turns the CPU part off (the trainer then is upstream's, bf16 included);
+data parallelism stays, as NPROC / HOSTS ask for it.
 
 This module never writes files; it is imported read-only from the installed package.
 """
