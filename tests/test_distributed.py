@@ -137,6 +137,12 @@ def test_the_hook_splits_rows_over_ranks_and_shares_rank0s_clock(tmp_path):
     env = dict(os.environ, RESULTS=str(tmp_path), CPU_STREAMS="2", RUN_ID="unit", TMPDIR=str(tmp_path),
                OUT_DIR=str(tmp_path / "out"), PYTHONUNBUFFERED="1")
     env.pop("MAX_WALLCLOCK_SECONDS", None)  # unset: the trainer's default cap, so one clock
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    for name, pid in (("killed", dead.stdout.strip()), ("running", str(os.getpid()))):
+        folder = tmp_path / f"autogolf-{name}-rank1-x"  # what a rank left, or is using now
+        folder.mkdir()
+        (folder / "owner.pid").write_text(pid)
+        (folder / "copy_mlx_model.npz").write_bytes(b"weights")
     cmd = distributed.trainer_command(PYTHON, script, distributed.plan({"NPROC": "2"}), REPO)
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     code, note = distributed.rank_returncode(out.returncode, out.stderr)
@@ -148,6 +154,8 @@ def test_the_hook_splits_rows_over_ranks_and_shares_rank0s_clock(tmp_path):
     assert "clock:rank0" in out.stdout
     assert r0["out_dir"] == str(tmp_path / "out")
     assert Path(r1["out_dir"]).parent == tmp_path and not Path(r1["out_dir"]).exists()
+    assert not (tmp_path / "autogolf-killed-rank1-x").exists()  # a dead rank's folder is swept
+    assert (tmp_path / "autogolf-running-rank1-x" / "copy_mlx_model.npz").is_file()
     assert r0["world"] == r1["world"] == 2 and r0["local_ranks"] == r1["local_ranks"] == 2
     assert r0["streams"] == r1["streams"] == "RowSplit"  # the stream split inside the rank split
     for r in (r0, r1):

@@ -96,15 +96,35 @@ def _ranks_on_this_host(world) -> int:
 
 def _private_output(rank: int) -> None:
     """OUT_DIR and stdout of a rank > 0 into a folder of its own (removed at a clean exit; on an
-    uncaught exception its log and stdout stay, and stderr, which reaches the console, says where)."""
+    uncaught exception its log and stdout stay, and stderr, which reaches the console, says where;
+    a killed rank's folder goes at the next data-parallel run on this machine)."""
+    _sweep_dead_ranks(Path(tempfile.gettempdir()))
     run_id = "".join(c if c.isalnum() or c in "-_" else "_" for c in os.environ.get("RUN_ID", ""))[:60]
     folder = Path(tempfile.mkdtemp(prefix=f"autogolf-{run_id}-rank{rank}-"))
+    (folder / "owner.pid").write_text(str(os.getpid()))
     os.environ["OUT_DIR"] = str(folder)
     sys.stdout.flush()
     out = os.open(folder / "stdout.txt", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(out, 1)
     os.close(out)
     atexit.register(_clean_up, folder, rank)
+
+
+def _sweep_dead_ranks(tmp: Path) -> None:
+    """Remove the folders of ranks that died without their exit clean-up (killed: a hard
+    timeout, a failed peer): one may hold a copy of the weights. A folder whose owner.pid
+    names a live process, or that has none yet (being made), stays."""
+    for folder in tmp.glob("autogolf-*-rank*-*"):
+        try:
+            pid = int((folder / "owner.pid").read_text())
+        except (OSError, ValueError):
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            pass  # alive, another user's
 
 
 def _clean_up(folder: Path, rank: int) -> None:
