@@ -29,6 +29,7 @@ from autogolf.measure import logparse  # noqa: E402
 from autogolf.run import distributed  # noqa: E402
 from autogolf.run.blas import preload_env  # noqa: E402
 from autogolf.data.cache import resolve_dataset  # noqa: E402
+from autogolf.data.dataview import build_view  # noqa: E402
 
 TRAINER = REPO / "benchmark" / "train_gpt_mlx.py"
 
@@ -45,19 +46,20 @@ def parse_args(argv=None):
     p.add_argument("--batch-tokens", type=int, default=4096,
                    help="TRAIN_BATCH_TOKENS, the global batch of every run (default 4096)")
     p.add_argument("--seq-len", type=int, default=256, help="TRAIN_SEQ_LEN (default 256)")
-    p.add_argument("--val-tokens", type=int, default=16384, help="VAL_MAX_TOKENS (default 16384)")
+    p.add_argument("--val-tokens", type=int, default=16384,
+                   help="validation tokens scored, the first of the split (default 16384)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds allowed per run (default 1800)")
     return p.parse_args(argv)
 
 
 def run(name: str, trainer: Path, nproc: int, args, work: Path) -> logparse.ParsedLog:
-    dataset, tokenizer, _ = resolve_dataset(REPO / "data")
+    dataset, tokenizer = args.data
     env = preload_env(dict(os.environ, DATA_PATH=str(dataset), TOKENIZER_PATH=str(tokenizer), RUN_ID=name,
                            OUT_DIR=str(work), ITERATIONS=str(args.steps), WARMUP_STEPS="1", TRAIN_LOG_EVERY="1",
                            MAX_WALLCLOCK_SECONDS="0", WARMDOWN_ITERS=str(args.steps),
                            TRAIN_BATCH_TOKENS=str(args.batch_tokens), GRAD_ACCUM_STEPS="1",
                            TRAIN_SEQ_LEN=str(args.seq_len), MLX_MAX_MICROBATCH_TOKENS=str(args.batch_tokens),
-                           VAL_MAX_TOKENS=str(args.val_tokens), VAL_BATCH_SIZE=str(args.batch_tokens),
+                           VAL_BATCH_SIZE=str(args.batch_tokens),
                            NUM_LAYERS=str(args.layers), MODEL_DIM=str(args.dim), NUM_HEADS="4",
                            NUM_KV_HEADS="2", CPU_STREAMS=str(args.nproc if nproc == 1 else 1),
                            PYTHONUNBUFFERED="1"))
@@ -69,6 +71,14 @@ def run(name: str, trainer: Path, nproc: int, args, work: Path) -> logparse.Pars
     if code != 0:
         raise SystemExit(f"bench_distributed: {name} failed ({code}) {note}\n{out.stdout[-1500:]}{out.stderr[-1500:]}")
     return logparse.parse_file(work / f"{name}.txt")
+
+
+def data_view(work: Path, val_tokens: int) -> tuple[Path, Path]:
+    """The cache's train shards and the first val_tokens of its validation split (upstream's
+    trainer scores the whole split it is given), as the harness gives every run."""
+    dataset, tokenizer, _ = resolve_dataset(REPO / "data")
+    view, _ = build_view(dataset, work / "view", val_tokens, 0)
+    return view, tokenizer
 
 
 def reference_trainer(rev: str, work: Path) -> Path | None:
@@ -86,13 +96,14 @@ def reference_trainer(rev: str, work: Path) -> Path | None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:  # upstream's trainer (the default) is one process: nothing to compare
+    try:  # a trainer neither through the harness hook nor joining the group itself: one process
         distributed.require_support(TRAINER)
     except distributed.LaunchError as e:
         print(f"bench_distributed: {e}", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="bench_distributed_") as tmp:
         work = Path(tmp)
+        args.data = data_view(work, args.val_tokens)
         runs = {}
         ref = reference_trainer(args.reference, work)
         if ref is not None:

@@ -1,6 +1,7 @@
-"""Data-parallel runs through mlx.launch (ring backend, loopback): upstream's single-process
-trainer refused, `NPROC=2` and `HOSTS=<hostfile>` through `bash autoresearch.sh` with a
-trainer edited to join the group, and the faults: a rank killed, a rank frozen in a
+"""Data-parallel runs through mlx.launch (ring backend, loopback): the harness hook's rank
+split and shared clock on two real ranks, upstream's trainer with NPROC=2 against one process
+through `bash autoresearch.sh` (losses, val_bpb), under a wall-clock cap, through a hostfile, a
+trainer without the hook refused, and the faults: a rank killed, a rank frozen in a
 collective, bad settings."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import psutil
@@ -22,6 +24,9 @@ from autogolf.run.runlock import lock_is_free
 from conftest import REPO
 
 PYTHON = str(REPO / ".venv" / "bin" / "python")
+TRAIN_LOSS = re.compile(r"^step:(\d+)/\d+ train_loss:(\d+\.\d+)", re.M)
+FINAL_EXACT = re.compile(r"^final_int8_zlib_roundtrip_exact val_loss:(\S+) val_bpb:(\S+)$", re.M)
+HOOK_START, HOOK_END = "# --- autogolf: harness hook", "# --- end autogolf"
 LOOPBACK_HOSTFILE = [{"ssh": "127.0.0.1", "ips": ["127.0.0.1"]}, {"ssh": "127.0.0.1", "ips": ["127.0.0.1"]}]
 
 
@@ -83,44 +88,114 @@ def test_a_failed_rank_is_read_back_from_mlx_launch(tmp_path):
     assert note == "rank 1 exited with code 3; mlx.launch ended the other ranks"
 
 
-# --------------------------------------------------------------------------- the trainer
+# --------------------------------------------------------------------------- the hook, unit by unit
 
-# Upstream's trainer is one process. These edits make a copy of it a (minimal) data-parallel
-# trainer, as an agent or a record would: every rank joins the group and meets the others in
-# one collective per step (so a frozen rank blocks the rest, as in real data parallelism);
-# ranks other than 0 write their log and artifact to a folder of their own.
-DP_EDITS = [
-    ("    args = Hyperparameters()\n    out_dir = Path(args.out_dir)\n",
-     "    args = Hyperparameters()\n"
-     "    world = mx.distributed.init()\n"
-     "    if world.rank() > 0:\n"
-     "        args.out_dir = str(Path(args.out_dir) / f\"rank{world.rank()}\")\n"
-     "    out_dir = Path(args.out_dir)\n"),
-    ("        opt.step(model, grads, step=step, lr_mul=lr_mul)\n",
-     "        opt.step(model, grads, step=step, lr_mul=lr_mul)\n"
-     "        mx.eval(mx.distributed.all_sum(mx.array(1.0), group=world))\n"),
-]
+# Each rank of this script goes through the harness hook as the trainer does, then records
+# what the hook made of it: the rank split of a model-bound compiled function against the
+# whole batch, a function that is not a mean over rows, a batch with fewer rows than ranks,
+# and the clock read after the ranks slept for different times.
+RANK_SCRIPT = """
+import json, os, sys, time
+import numpy as np
+import mlx.core as mx, mlx.nn as nn
+from mlx.utils import tree_flatten
+from autogolf.run import cpu_speed, data_parallel
+cpu_speed.install(mx.bfloat16, __name__)
+world = data_parallel._STATE["world"]  # the group the hook joined (a script calling init() itself is left alone)
+rank = world.rank()
+print(f"hello from rank {rank}", flush=True)
+mx.random.seed(0)
+model = nn.Sequential(nn.Embedding(50, 8), nn.Linear(8, 50))
+def make(reduction):
+    loss = lambda x, y: nn.losses.cross_entropy(model(x), y, reduction=reduction)
+    return (mx.compile(nn.value_and_grad(model, loss), inputs=model.state, outputs=model.state),
+            cpu_speed._ORIGINAL["compile"](nn.value_and_grad(model, loss), inputs=model.state, outputs=model.state))
+rng = np.random.default_rng(3)
+x, y = (mx.array(rng.integers(0, 50, (7, 12)).astype(np.int32)) for _ in range(2))
+def compare(split, whole, x, y):
+    (a, ga), (b, gb) = split(x, y), whole(x, y)
+    diff = max(float(mx.max(mx.abs(p - q))) for (_, p), (_, q) in zip(tree_flatten(ga), tree_flatten(gb)))
+    return {"loss": float(a), "whole_loss": float(b), "grad_diff": diff,
+            "grads": [np.array(g).tolist() for _, g in tree_flatten(ga)]}
+mean_split, mean_whole = make("mean")
+sum_split, sum_whole = make("sum")
+out = {"world": world.size(), "local_ranks": data_parallel.local_ranks(), "out_dir": os.environ["OUT_DIR"],
+       "mean": [compare(mean_split, mean_whole, x, y) for _ in range(2)], "mean_checked": mean_split.checked,
+       "sum": compare(sum_split, sum_whole, x, y), "sum_checked": sum_split.checked,
+       "one_row": compare(mean_split, mean_whole, x[:1], y[:1]),
+       "streams": type(mean_split.fn).__name__}
+time.sleep(0.5 * rank)
+out["clock"] = [time.perf_counter() for _ in range(3)]
+with open(os.path.join(os.environ["RESULTS"], f"rank{rank}.json"), "w") as f:
+    json.dump(out, f)
+"""
 
 
-def make_dp_trainer(project: Path) -> None:
-    import subprocess as sp
+def test_the_hook_splits_rows_over_ranks_and_shares_rank0s_clock(tmp_path):
+    script = tmp_path / "ranks.py"
+    script.write_text(RANK_SCRIPT)
+    env = dict(os.environ, RESULTS=str(tmp_path), CPU_STREAMS="2", RUN_ID="unit", TMPDIR=str(tmp_path),
+               OUT_DIR=str(tmp_path / "out"), PYTHONUNBUFFERED="1")
+    env.pop("MAX_WALLCLOCK_SECONDS", None)  # unset: the trainer's default cap, so one clock
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    for name, pid in (("killed", dead.stdout.strip()), ("running", str(os.getpid()))):
+        folder = tmp_path / f"autogolf-{name}-rank1-x"  # what a rank left, or is using now
+        folder.mkdir()
+        (folder / "owner.pid").write_text(pid)
+        (folder / "copy_mlx_model.npz").write_bytes(b"weights")
+    cmd = distributed.trainer_command(PYTHON, script, distributed.plan({"NPROC": "2"}), REPO)
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    code, note = distributed.rank_returncode(out.returncode, out.stderr)
+    assert code == 0, f"{note}\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}"
+    r0, r1 = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1))
+    # one console line per line: rank 1's stdout went to its own folder, removed at its clean exit
+    assert "hello from rank 0" in out.stdout and "hello from rank 1" not in out.stdout
+    assert out.stdout.count("data_parallel: world_size:2 ranks_on_this_host:2") == 1
+    assert "clock:rank0" in out.stdout
+    assert r0["out_dir"] == str(tmp_path / "out")
+    assert Path(r1["out_dir"]).parent == tmp_path and not Path(r1["out_dir"]).exists()
+    assert not (tmp_path / "autogolf-killed-rank1-x").exists()  # a dead rank's folder is swept
+    assert (tmp_path / "autogolf-running-rank1-x" / "copy_mlx_model.npz").is_file()
+    assert r0["world"] == r1["world"] == 2 and r0["local_ranks"] == r1["local_ranks"] == 2
+    assert r0["streams"] == r1["streams"] == "RowSplit"  # the stream split inside the rank split
+    for r in (r0, r1):
+        assert r["mean_checked"] is True and r["sum_checked"] is False
+        for res in (*r["mean"], r["sum"], r["one_row"]):  # 7 rows: shares 3/7 and 4/7
+            assert abs(res["loss"] - res["whole_loss"]) <= 1e-5 * abs(res["whole_loss"])
+            assert res["grad_diff"] <= 1e-5
+    assert r0["mean"][1]["grads"] == r1["mean"][1]["grads"]  # the same sum on every rank, bit for bit
+    assert r0["clock"] == r1["clock"]  # rank 0's clock, though rank 1 slept 0.5 s longer
+    assert r0["clock"] == sorted(r0["clock"])
 
+
+def test_which_trainers_are_data_parallel():
+    text = (REPO / "benchmark" / "train_gpt_mlx.py").read_text(encoding="utf-8")
+    assert distributed.goes_through_hook(text) and not distributed.joins_group_itself(text)
+    unhooked = _without_hook(text)
+    assert not distributed.goes_through_hook(unhooked) and not distributed.joins_group_itself(unhooked)
+    commented = text.replace("    COMPUTE_DTYPE = _autogolf_install(", "    # COMPUTE_DTYPE = _autogolf_install(")
+    assert not distributed.goes_through_hook(commented)
+    own = unhooked.replace("    args = Hyperparameters()\n", "    args = Hyperparameters()\n    world = mx.distributed.init()\n")
+    assert distributed.joins_group_itself(own) and not distributed.goes_through_hook(own)
+
+
+def _without_hook(text: str) -> str:
+    start = text.index(HOOK_START)
+    end = text.index("\n", text.index(HOOK_END, start)) + 1
+    return text[:start] + text[end:]
+
+
+def test_a_trainer_without_the_hook_is_refused(project, env):
+    """NPROC=2 with upstream's file without the hook would train two separate models: a
+    config error that says so, before anything runs."""
     trainer = project / "benchmark" / "train_gpt_mlx.py"
-    text = trainer.read_text(encoding="utf-8")
-    for old, new in DP_EDITS:
-        assert text.count(old) == 1, old
-        text = text.replace(old, new)
-    trainer.write_text(text, encoding="utf-8")
-    sp.run(["git", "commit", "-qam", "data-parallel trainer"], cwd=project, check=True)
-
-
-def test_upstream_single_process_trainer_is_refused(project, env):
-    """NPROC=2 with upstream's trainer would train two separate models: a config error that
-    says so, before anything runs."""
+    trainer.write_text(_without_hook(trainer.read_text(encoding="utf-8")), encoding="utf-8")
+    subprocess.run(["git", "commit", "-qam", "no hook"], cwd=project, check=True)
     out = run_bench(project, dict(env, NPROC="2"))
     assert out.returncode == 2, out.stdout[-2000:]
     summary = summary_line(out.stdout)
     assert summary.startswith("autoresearch: config_error") and "single-process trainer" in summary
+    assert "restore the hook" in summary
     assert ledger_rows(project)[-1]["status"] == "config_error"
 
 
@@ -133,19 +208,46 @@ def _assert_ok_two_ranks(project: Path, out: subprocess.CompletedProcess) -> dic
     assert "val_bpb" in metric_lines(out.stdout) and lines[-3].startswith("METRIC")
     row = ledger_rows(project)[-1]
     assert row["status"] == "ok" and row["distributed"]["world_size"] == 2
-    assert (project / row["log_path"]).is_file()  # rank 0's; the others write under rank<N>/
+    assert (project / row["log_path"]).is_file()
+    assert "data_parallel: world_size:2" in out.stdout
     return row
 
 
-def test_nproc_2_smoke_run(project, env):
-    make_dp_trainer(project)
-    row = _assert_ok_two_ranks(project, run_bench(project, dict(env, NPROC="2")))
+def test_nproc_2_trains_like_one_process(project, env):
+    """Upstream's trainer, same data, seed and global batch: two ranks (each half of every
+    batch, outputs summed over the group) log the losses and val_bpb of one process that
+    splits its batch the same way (2 CPU streams in 1 process, 1 in each of 2)."""
+    env = dict(env, ITERATIONS="4", WARMDOWN_ITERS="4")  # a warm-down over the run: the loss moves
+    one = run_bench(project, dict(env, CPU_STREAMS="2"))
+    assert one.returncode == 0, one.stdout[-3000:]
+    one_log = (project / ledger_rows(project)[-1]["log_path"]).read_text()
+    row = _assert_ok_two_ranks(project, run_bench(project, dict(env, NPROC="2", CPU_STREAMS="1")))
     assert row["settings"]["NPROC"] == "2" and row["distributed"]["hosts"] == ["127.0.0.1"] * 2
+    two_log = (project / row["log_path"]).read_text()
+    losses_one, losses_two = TRAIN_LOSS.findall(one_log), TRAIN_LOSS.findall(two_log)
+    assert [s for s, _ in losses_two] == ["1", "2", "3", "4"]  # rank 0 alone logs: each step once
+    assert [s for s, _ in losses_one] == [s for s, _ in losses_two]
+    assert len({loss for _, loss in losses_one}) > 1  # it trains
+    for (_, a), (_, b) in zip(losses_one, losses_two):
+        assert abs(float(a) - float(b)) <= 1e-4
+    [(loss1, bpb1)], [(loss2, bpb2)] = FINAL_EXACT.findall(one_log), FINAL_EXACT.findall(two_log)
+    assert abs(float(bpb1) - float(bpb2)) <= 1e-5 and abs(float(loss1) - float(loss2)) <= 1e-5
+    # one artifact, rank 0's; no rank left a folder or a copy of the weights behind
+    assert not list(Path(tempfile.gettempdir()).glob(f"autogolf-{row['run_id']}-rank*"))
     assert lock_is_free(Path(env["AUTOGOLF_LOCK_PATH"]))
 
 
+def test_nproc_2_under_a_wall_clock_cap(project, env):
+    """With MAX_WALLCLOCK_SECONDS the ranks read rank 0's clock: they take the same LR and stop
+    at the same step (apart, the stop would leave one rank alone in a collective: a hang)."""
+    out = run_bench(project, dict(env, NPROC="2", ITERATIONS="100000", MAX_WALLCLOCK_SECONDS="3"))
+    row = _assert_ok_two_ranks(project, out)
+    assert "clock:rank0" in out.stdout
+    log = (project / row["log_path"]).read_text()
+    assert re.search(r"^stopping_early: wallclock_cap train_time:\d+ms step:\d+/100000$", log, re.M), log[-1500:]
+
+
 def test_hostfile_with_two_loopback_entries(project, env, tmp_path):
-    make_dp_trainer(project)
     hostfile = tmp_path / "hosts.json"
     hostfile.write_text(json.dumps(LOOPBACK_HOSTFILE))
     row = _assert_ok_two_ranks(project, run_bench(project, dict(env, HOSTS=str(hostfile))))
@@ -173,7 +275,6 @@ def _ranks(project: Path) -> dict[int, psutil.Process]:
 
 
 def _start_long_run(project: Path, env: dict, **extra) -> subprocess.Popen:
-    make_dp_trainer(project)
     return subprocess.Popen(["bash", "autoresearch.sh"], cwd=project, text=True, start_new_session=True,
                             env=dict(env, NPROC="2", ITERATIONS="100000", **extra),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -10,7 +10,13 @@ benchmark/train_gpt_mlx.py is upstream's file plus one guarded hook near its top
         COMPUTE_DTYPE = _autogolf_install(COMPUTE_DTYPE, __name__)
 
 Without this package (a submission, upstream's machines) the trainer runs as upstream's does.
-With it, on a CPU only (Metal and CUDA are left exactly as upstream), `install`:
+With it, `install` first hands a rank of an mlx.launch group (NPROC / HOSTS) to
+run/data_parallel.py, on every backend: upstream's file is one process, and that module makes
+its ranks train one model (each rank computes on its rows of every batch, the outputs are
+summed over the group, the ranks share rank 0's clock, rank 0 alone writes). It lives here,
+outside the trainer, because those edits would sit in the lines records change and break their
+diffs; in one process it does nothing. Then, on a CPU only (Metal and CUDA are left exactly as
+upstream), `install`:
   - makes MLX use an optimized BLAS: the mlx[cpu] wheel binds its matmuls to a reference
     BLAS (~6 GFLOP/s) unless MKL/OpenBLAS is in the process first. The harness starts the
     trainer with LD_PRELOAD set (run/blas.py); started by hand it restarts itself once so;
@@ -25,8 +31,10 @@ With it, on a CPU only (Metal and CUDA are left exactly as upstream), `install`:
       mx.fast.rope: the same rotation from cos/sin tables computed once per shape;
     every other case (sinks, traditional RoPE, custom freqs, ...) calls MLX's own function;
   - spreads batches over CPU streams (_patch_compile, RowSplit): MLX runs each stream on its own
-    thread, but its elementwise kernels single-threaded, so one stream leaves cores idle.
-AUTOGOLF_CPU_SPEED=0 turns all of it off (the trainer then is upstream's, bf16 included).
+    thread, but its elementwise kernels single-threaded, so one stream leaves cores idle. The
+    ranks of a data-parallel run on this machine share its cores; the rank split wraps this one.
+AUTOGOLF_CPU_SPEED=0 turns the CPU part off (the trainer then is upstream's, bf16 included);
+data parallelism stays, as NPROC / HOSTS ask for it.
 
 This module never writes files; it is imported read-only from the installed package.
 """
@@ -39,6 +47,7 @@ import os
 import sys
 
 from autogolf import settings
+from autogolf.run import data_parallel
 
 _ORIGINAL: dict = {}  # name -> MLX's own function, before install() replaced it
 _TABLES: dict = {}  # RoPE cos/sin tables and attention masks, per shape (graph constants)
@@ -58,13 +67,24 @@ def _int_env(name: str, default: int, low: int) -> int:
 
 
 def install(compute_dtype, module_name: str = ""):
-    """Set the CPU up (see the module docstring); return the compute dtype to use."""
+    """The trainer's hook: data parallelism in a rank of an mlx.launch group (every backend;
+    run/data_parallel.py), then the CPU set-up (the module docstring). Returns the compute
+    dtype to use."""
     import mlx.core as mx
 
-    if mx.default_device().type != mx.DeviceType.cpu or settings.get("AUTOGOLF_CPU_SPEED") == "0":
-        return compute_dtype
-    if module_name == "__main__":
-        _ensure_fast_blas()  # may restart this process; only for a trainer run as a script
+    cpu = mx.default_device().type == mx.DeviceType.cpu and settings.get("AUTOGOLF_CPU_SPEED") != "0"
+    if cpu and module_name == "__main__":
+        _ensure_fast_blas()  # may restart this process: before it joins a group, not after
+    world = data_parallel.install(module_name)
+    if cpu:
+        compute_dtype = _install_cpu(module_name, data_parallel.local_ranks())
+    data_parallel.patch_compile(world)  # outermost: this rank's rows, then the CPU streams' split
+    return compute_dtype
+
+
+def _install_cpu(module_name: str, local_ranks: int):
+    import mlx.core as mx
+
     os.environ.setdefault("MLX_BFS_MAX_WIDTH", "1024")  # lets the streams' ops run together
     # keep freed buffers for reuse (default 32 MB): fresh pages cost a kernel page fault each
     mx.set_cache_limit(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 8)
@@ -72,7 +92,7 @@ def install(compute_dtype, module_name: str = ""):
     if name not in DTYPE_NAMES:
         raise ValueError(f"COMPUTE_DTYPE={name!r}: use one of {', '.join(DTYPE_NAMES)} (or leave it unset)")
     patch_primitives(_int_env("ATTN_BLOCK_SIZE", 128, 0))
-    streams = cpu_streams(_int_env("CPU_STREAMS", 0, 0))
+    streams = cpu_streams(_int_env("CPU_STREAMS", 0, 0), local_ranks)
     if len(streams) > 1:
         _patch_compile(streams)
     if module_name == "__main__":
@@ -234,15 +254,19 @@ def causal_attention(q, k, v, scale: float, block: int):
     return y.reshape(B, kv, T, group, hd).transpose(0, 2, 1, 3, 4).reshape(B, T, H, hd).transpose(0, 2, 1, 3)
 
 
-def cpu_streams(requested: int) -> list:
+def cpu_streams(requested: int, local_ranks: int = 1) -> list:
     """One MLX stream per core (CPU_STREAMS, default min(cores, 8); 1: off), one BLAS thread
-    each when there are several (the streams already fill the cores)."""
+    each when there are several (the streams already fill the cores). The ranks of a
+    data-parallel run on this machine share its cores: each gets cores / local_ranks."""
     import mlx.core as mx
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = max(cores // max(local_ranks, 1), 1)
     n = requested or min(cores, 8)
     if n > 1:
         _set_blas_threads(1)
+    elif local_ranks > 1:
+        _set_blas_threads(cores)  # one stream: BLAS threads over this rank's share, not every core
     return [mx.default_stream(mx.cpu)] + [mx.new_stream(mx.cpu) for _ in range(n - 1)]
 
 
@@ -289,12 +313,7 @@ class RowSplit:
         self.checked = None  # None: not yet compared with the whole batch; then True/False
 
     def _splittable(self, args, kwargs) -> bool:
-        import mlx.core as mx
-
-        return (not kwargs and len(args) == 2 and self.checked is not False
-                and all(isinstance(a, mx.array) and a.ndim >= 1 and mx.issubdtype(a.dtype, mx.integer)
-                        for a in args)
-                and args[0].shape[0] == args[1].shape[0] >= 2)
+        return self.checked is not False and data_parallel.token_batch(args, kwargs) and args[0].shape[0] >= 2
 
     def __call__(self, *args, **kwargs):
         import mlx.core as mx
@@ -319,15 +338,7 @@ class RowSplit:
     def _first_call_check(self, x, y) -> bool:
         """Once: the two rows' mean of f on each row alone against f on both (a quarter of an
         8-row step, not a second step); keep splitting only if they agree."""
-        import mlx.core as mx
-        from mlx.utils import tree_flatten, tree_map
-
-        halves = [self.fn(x[i:i + 1], y[i:i + 1]) for i in (0, 1)]
-        split, whole = tree_map(lambda a, b: (a + b) * 0.5, *halves), self.fn(x, y)
-        mx.eval(split, whole)
-        pairs = zip(tree_flatten(split), tree_flatten(whole))
-        self.checked = all(float(mx.max(mx.abs(a - b))) <= 1e-3 * float(mx.max(mx.abs(b))) + 1e-6
-                           for (_, a), (_, b) in pairs if isinstance(b, mx.array))
+        self.checked = data_parallel.is_row_mean(self.fn, x, y)
         if not self.checked:
             print("WARNING: cpu_speed: this compiled function is not a mean over the batch's rows, so it "
                   "runs on whole batches (no CPU stream split); slower, same result", flush=True)

@@ -3,11 +3,12 @@
     NPROC=2 PROFILE=smoke bash autoresearch.sh        2 processes on this machine (ring, 127.0.0.1)
     HOSTS=hosts.json PROFILE=confirm bash autoresearch.sh   one process per hostfile entry
 
-The trainer must do the data parallelism itself (mx.distributed: every rank takes its rows of
-each global batch, gradients are averaged, evaluation is sharded). Upstream's trainer, the
-project's default, is one process and does none, so NPROC / HOSTS are refused for it
-(require_support); a trainer that calls mx.distributed.init() is launched. This module only
-builds the launch command, and reads back what mlx.launch does not say in its exit status.
+Upstream's trainer, the project's default, is one process; the harness hook near its top
+(cpu_speed.install) makes its ranks one data-parallel run (run/data_parallel.py: every rank
+computes on its rows of each global batch and the outputs are summed over the group, one
+clock, rank 0 alone writes). A trainer that calls mx.distributed.init() itself is launched
+as it is. A trainer with neither is refused (require_support). This module only builds the
+launch command, and reads back what mlx.launch does not say in its exit status.
 
 For run.py the launched group is one trainer: it is one process tree in one process group, so
 the run lock, the hard timeout (which kills the whole tree) and the ledger see one run. Facts
@@ -124,19 +125,72 @@ def plan(env: dict) -> dict | None:
     return {"backend": "ring", "world_size": nproc, "hosts": ["127.0.0.1"] * nproc}
 
 
+HOOK_MODULE = "autogolf.run.cpu_speed"
+
+
+def _calls(tree) -> list:
+    """The dotted names called in a module, e.g. "mx.distributed.init" or "_autogolf_install"."""
+    import ast
+
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            parts, f = [], node.func
+            while isinstance(f, ast.Attribute):
+                parts.append(f.attr)
+                f = f.value
+            if isinstance(f, ast.Name):
+                names.append(".".join([f.id, *reversed(parts)]))
+    return names
+
+
+def _parse(text: str):
+    import ast
+
+    try:
+        return ast.parse(text)
+    except (SyntaxError, ValueError):
+        return None
+
+
+def joins_group_itself(text: str) -> bool:
+    """Whether a trainer's source calls mx.distributed.init() (then it splits the batches
+    itself, and the harness's hook leaves data parallelism to it)."""
+    tree = _parse(text)
+    if tree is None:
+        return "mx.distributed.init(" in text
+    return any(name == "distributed.init" or name.endswith(".distributed.init") for name in _calls(tree))
+
+
+def goes_through_hook(text: str) -> bool:
+    """Whether a trainer imports the harness hook (cpu_speed.install) and calls it: then
+    run/data_parallel.py makes its ranks one data-parallel run."""
+    import ast
+
+    tree = _parse(text)
+    if tree is None:
+        return False
+    aliases = {a.asname or a.name for node in ast.walk(tree)
+               if isinstance(node, ast.ImportFrom) and node.module == HOOK_MODULE
+               for a in node.names if a.name == "install"}
+    return bool(aliases & set(_calls(tree)))
+
+
 def require_support(trainer: Path) -> None:
-    """Refuse NPROC / HOSTS for a trainer that does no data parallelism of its own. Upstream's
-    train_gpt_mlx.py is one process: started N times it would train N separate models on the
-    same batches. A trainer that calls mx.distributed.init() (a record that adds it, or the
-    agent) splits the batches itself; the harness only launches it."""
+    """Refuse NPROC / HOSTS for a trainer that nothing makes data parallel: started N times
+    it would train N separate models on the same batches. Upstream's train_gpt_mlx.py is one
+    process, but through the harness hook (cpu_speed.install, which the project's trainer
+    calls) run/data_parallel.py splits its batches over the ranks; a trainer that calls
+    mx.distributed.init() itself (a record, or the agent) splits them on its own."""
     try:
         text = Path(trainer).read_text(encoding="utf-8", errors="replace")
     except OSError as e:
         raise LaunchError(f"NPROC / HOSTS: cannot read the trainer {trainer} ({e})") from None
-    if "mx.distributed.init(" not in text:
-        raise LaunchError(f"NPROC / HOSTS: {trainer} is upstream's single-process trainer (it never calls "
-                          f"mx.distributed.init()), so several processes would each train their own model; "
-                          f"unset NPROC and HOSTS, or add data parallelism to the trainer first")
+    if not goes_through_hook(text) and not joins_group_itself(text):
+        raise LaunchError(f"NPROC / HOSTS: {trainer} is a single-process trainer: it neither calls the "
+                          f"harness hook ({HOOK_MODULE}.install, which makes its ranks data parallel) nor "
+                          f"mx.distributed.init(), so several processes would each train their own model; "
+                          f"unset NPROC and HOSTS, or restore the hook's fenced block near the trainer's top")
 
 
 def trainer_command(python: str, trainer: Path, launch: dict | None, cwd: Path,
