@@ -15,7 +15,9 @@ and, between benchmarks, the scripted agent tries what the guard (agent/guard, a
 gate*.py) must block, one attempt every few iterations in a seeded random order: a chained
 and a piped benchmark command, a second keep of a run already logged, an edit of the checks,
 a write of a harness file, shell writes into the ledger, the venv and git. Otherwise the agent
-is honest: it logs keep on a VERDICT keep, else discard.
+is honest: before each benchmark it appends a comment to the trainer (new bytes, the same
+numbers), and it logs keep on a VERDICT keep, else discard, so pi-autoresearch commits the
+baseline's trainer and reverts every later one.
 
 Measured: per fault the time to the next benchmark start (the run lock, sampled every 0.2 s);
 runs started and settled (the ledger); overlaps (trainer processes alive at once, sampled); the
@@ -90,14 +92,17 @@ ATTEMPT_EVERY = 3  # iterations between two attempts, by default
 
 
 def script(loops: int, rng: random.Random | None = None, every: int = ATTEMPT_EVERY) -> list[dict]:
-    """init, then run + log for ever (as far as a night goes): the model's whole brain. With
+    """init, then edit + run + log for ever (as far as a night goes): the model's whole brain. With
     rng, every `every`-th iteration ends with one blocked-action attempt, in rounds of
     ATTEMPTS in a seeded random order; each attempt turn carries its name under "attempt"."""
     turns = [{"tool": "init_experiment", "args": {"name": "soak", "metric_name": "val_bpb", "metric_unit": "",
                                                   "direction": "lower"}}]
     order: list[str] = []
     for n in range(loops):
-        turns += [{"tool": "run_experiment", "args": {"command": SMOKE}},
+        # an edit of the trainer that changes its bytes, not its numbers: the baseline's keep
+        # commits one, every later one is a discard that pi-autoresearch reverts
+        turns += [{"tool": "bash", "args": {"command": f"echo '# soak iteration {n + 1}' >> {TRAINER_RELPATH}"}},
+                  {"tool": "run_experiment", "args": {"command": SMOKE}},
                   {"tool": "log_experiment", "args": {"commit": "0000000", "metric": "{metric:val_bpb}",
                                                       "status": "{verdict}", "description": f"soak run {n + 1}"}}]
         if rng is not None and every > 0 and n % every == every - 1:
@@ -245,7 +250,7 @@ def history_check(project: Path, runs: list[dict]) -> dict:
         names = subprocess.run(["git", "show", "--name-only", "--format=", commit], cwd=project,
                                capture_output=True, text=True, check=True).stdout.split()
         harness += [f"{commit[:8]}:{n}" for n in names if protected.is_harness_path(n)]
-        if TRAINER_RELPATH in names:
+        if str(TRAINER_RELPATH) in names:
             trainers += 1
             blob = subprocess.run(["git", "show", f"{commit}:{TRAINER_RELPATH}"], cwd=project,
                                   capture_output=True, check=True).stdout
@@ -496,8 +501,12 @@ class Soak:
         # `just stop` with no benchmark: the model gone first, so the agent cannot start another
         # while stop runs (a stop during a benchmark waits for it, by design)
         self.model.stop()
-        self.wait_idle(600)
-        time.sleep(2)
+        while True:  # a turn the agent got before the model went may still start one benchmark
+            self.wait_idle(600)
+            seen = len(self.sampler.starts)
+            time.sleep(10)
+            if lock_is_free(self.lock_path) and len(self.sampler.starts) == seen:
+                break
         t = time.monotonic()
         stop = self.just("stop")
         stop_s = time.monotonic() - t
