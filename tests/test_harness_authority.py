@@ -283,8 +283,10 @@ def test_extra_optimizer_steps_show_as_harness_time_not_as_a_better_run(lab):
     assert out.returncode == 0 and row["status"] == "ok", out.stdout[-3000:]
     printed = row["metrics"]
     assert printed["train_steps"] == STEPS  # the log says the budget's steps...
-    assert row["train_s"] < 1.5 * base["train_s"]  # ...on the budget's printed clock
-    assert row["timing"]["trainer_s"] > base["timing"]["trainer_s"] + 1.0 * base["train_s"]  # the harness's clock
+    # the harness's clock sees more extra time than the trainer's printed clock admits (both
+    # are loaded by whatever else runs, so no fixed ratio of the printed one is asserted)
+    extra_measured = row["timing"]["trainer_s"] - base["timing"]["trainer_s"]
+    assert extra_measured > 0.5 * base["train_s"] and extra_measured > row["train_s"] - base["train_s"]
     v = row["verdict"]
     assert v["call"] != "keep" and v["throughput_change"] < -0.15, v
     print(f"\nextra steps: trainer_s {base['timing']['trainer_s']:.1f} -> {row['timing']['trainer_s']:.1f}, "
