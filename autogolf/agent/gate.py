@@ -63,7 +63,8 @@ def record(root: Path, tool: str, decision: dict, tool_input: dict) -> None:
     ledger.append({"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "epoch": round(time.time(), 3),
                    "tool": tool, "kind": decision.get("kind"), "allowed": bool(decision.get("allow")),
                    "reason": decision.get("reason", ""), "what": str(what)[:300] if what is not None else None,
-                   **({"run_id": decision["run_id"]} if decision.get("run_id") else {})},
+                   **({"run_id": decision["run_id"]} if decision.get("run_id") else {}),
+                   **({"confined": decision["confined"]} if decision.get("confined") else {})},
                   journal_path(root))
 
 
