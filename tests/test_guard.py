@@ -364,6 +364,20 @@ def test_the_jail_stops_writes_the_pattern_check_misses(root, mechanism, monkeyp
     assert (root / TRAINER).read_text() == trainer + "# note\n"
 
 
+def test_the_macos_profile_denies_every_write_but_the_files_in_scope_and_its_tmp(root, tmp_path_factory):
+    # Seatbelt runs only on macOS: here its text is checked, not run
+    from autogolf.agent import shell_jail
+    tmp = tmp_path_factory.mktemp("private")
+    lines = shell_jail.seatbelt_profile(root, tmp).splitlines()
+    assert lines[:3] == ["(version 1)", "(allow default)", "(deny file-write*)"]
+    allowed = lines[3]  # after the deny: in SBPL the last matching rule wins
+    assert allowed.startswith("(allow file-write* ") and len(lines) == 4
+    for name in (TRAINER, "autoresearch.md", "autoresearch.ideas.md"):
+        assert f'(literal "{os.path.realpath(root / name)}")' in allowed
+    assert f'(subpath "{tmp}")' in allowed and '(literal "/dev/null")' in allowed
+    assert "logs" not in allowed and f'"{os.path.realpath(root)}"' not in allowed
+
+
 # --------------------------------------------------------------------------- the gate itself
 
 def test_the_gate_journals_every_decision_and_counts_blocks_by_kind(root):
