@@ -7,7 +7,8 @@ into this form, so the command runs as `bash -c COMMAND` in the project root ins
 built with the trainer's mechanism (autogolf/sandbox.py, `sandbox.mechanism()`):
 
   bwrap     the whole file system bound read-only; a private, empty /tmp (gone when the
-            command ends); /dev and /proc of its own; the files in scope bound read-write.
+            command ends); /dev and a pid namespace of its own (it sees and signals only
+            its own processes); the files in scope bound read-write.
             The network stays (the agent may read docs). A write anywhere else fails with
             "Read-only file system".
   landlock  read and execute everywhere; write only the files in scope, /dev and a private
