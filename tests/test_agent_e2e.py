@@ -9,7 +9,10 @@ is stopped mid-loop: pi's requests fail, the supervisor probes (restarts pi) wit
 against the breaker, and when the server is back
 the loop carries on from pi-autoresearch's log. (The guard, agent/guard, refuses a keep the
 VERDICT does not back, so the reruns of unchanged code are logged as discards; the protected-file
-edit hides the file's name from the guard's pattern check, so the harness's restore is what undoes it.)
+edit hides the file's name from the guard's pattern check, so the harness's restore is what undoes it.
+Where a sandbox mechanism exists the guard's bash jail would stop that write first
+(tests/test_guard_e2e.py shows it), so this test runs as a machine without one:
+AUTOGOLF_SANDBOX=off, the pattern check alone, trainer runs unconfined.)
 """
 
 from __future__ import annotations
@@ -96,7 +99,7 @@ def test_real_pi_loop_under_the_supervisor_survives_a_model_outage(tmp_path, cor
     project = make_project(tmp_path / "project")
     server = ModelServer(tmp_path)
     server.start()
-    env = clean_env(tmp_path / "home", DATA_PATH=str(dataset), TOKENIZER_PATH=str(tokenizer),
+    env = clean_env(tmp_path / "home", DATA_PATH=str(dataset), TOKENIZER_PATH=str(tokenizer), AUTOGOLF_SANDBOX="off",
                     AUTOGOLF_POLL_SECONDS="0.5", AUTOGOLF_BACKOFF_SECONDS="1", AUTOGOLF_BACKOFF_MAX_SECONDS="4",
                     AUTOGOLF_ERROR_GRACE_SECONDS="2", AUTOGOLF_NUDGE_SECONDS="900",
                     **scripted_provider(tmp_path / "pi-agent", server.port))

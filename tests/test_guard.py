@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
 
 import pytest
+
+from autogolf import sandbox
 
 from autogolf.agent import gate, gate_command, gate_keep, gate_paths, gate_shell
 from autogolf.fsutil import file_sha256
@@ -302,6 +305,79 @@ def test_a_link_into_a_protected_place_is_followed(root):
     assert "logs" in gate_shell.decide({"command": "echo x > notes/runs.jsonl"}, root)["reason"]
 
 
+# --------------------------------------------------------------------------- bash: the jail
+
+JAILS = [pytest.param(m, marks=pytest.mark.skipif(bool(sandbox.problem(m)), reason=f"{m}: {sandbox.problem(m)}"))
+         for m in ("bwrap", "landlock")]
+DENIED = {"bwrap": "Read-only file system", "landlock": "Permission denied"}
+# writes the pattern check cannot see: a path computed at run time, a script written to the
+# temp folder and run, a copy through a variable
+ESCAPES = ("python3 -c \"open('lo'+'gs/ru'+'ns.jsonl','a').write('x')\"",
+           "f=$(mktemp --suffix .py) && printf '%s' \"open('auto'+'golf/x.py','w').write('1')\" | tee $f "
+           ">/dev/null && python3 $f",
+           "d=.ve; cp benchmark/train_gpt_mlx.py ${d}nv/x")
+
+
+def jailed(root, command: str) -> subprocess.CompletedProcess:
+    """The command as the gate rewrites it, run for real the way pi's bash tool runs it."""
+    decision = gate.decide("bash", {"command": command}, root)
+    assert decision["allow"], decision
+    return subprocess.run(decision["input"]["command"], shell=True, executable="/bin/bash", cwd=root,
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("mechanism", JAILS)
+def test_an_allowed_command_runs_in_the_jail(root, mechanism, monkeypatch):
+    monkeypatch.setenv("AUTOGOLF_SANDBOX", mechanism)
+    decision = gate_shell.decide({"command": "ls logs"}, root)
+    assert decision["confined"] == mechanism and f"confined ({mechanism})" in decision["reason"]
+    words = shlex.split(decision["input"]["command"])
+    assert words[1:4] == ["-I", "-m", "autogolf.agent.shell_jail"] and words[-2:] == ["--", "ls logs"]
+
+
+def test_without_a_mechanism_the_command_runs_unwrapped_and_says_so(root, monkeypatch):
+    monkeypatch.setenv("AUTOGOLF_SANDBOX", "off")
+    decision = gate_shell.decide({"command": "ls logs"}, root)
+    assert decision["allow"] and "input" not in decision
+    assert decision["reason"].endswith("unconfined: pattern check only")
+
+
+@pytest.mark.parametrize("mechanism", JAILS)
+def test_the_jail_stops_writes_the_pattern_check_misses(root, mechanism, monkeypatch):
+    monkeypatch.setenv("AUTOGOLF_SANDBOX", mechanism)
+    for name in ("autogolf", ".venv"):
+        (root / name).mkdir()
+    (root / "logs" / "runs.jsonl").write_text("{}\n")
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "first", "--allow-empty"],
+                   cwd=root, check=True)
+    trainer = (root / TRAINER).read_text()
+    done = jailed(root, "; ".join(ESCAPES))
+    assert done.stderr.count(DENIED[mechanism]) == 3, done.stderr
+    assert (root / "logs" / "runs.jsonl").read_text() == "{}\n"
+    assert not (root / "autogolf" / "x.py").exists() and not (root / ".venv" / "x").exists()
+    # reading works, and so does a write into a file in scope; sed -i (a rename) does not
+    done = jailed(root, "echo '# note' >> benchmark/train_gpt_mlx.py && cat logs/runs.jsonl && git log --format=%s "
+                        "&& ls logs && sed -i 's/the/a/' benchmark/train_gpt_mlx.py")
+    assert done.stdout == "{}\nfirst\nruns.jsonl\n", done.stdout + done.stderr
+    assert done.returncode != 0 and "sed" in done.stderr
+    assert (root / TRAINER).read_text() == trainer + "# note\n"
+
+
+def test_the_macos_profile_denies_every_write_but_the_files_in_scope_and_its_tmp(root, tmp_path_factory):
+    # Seatbelt runs only on macOS: here its text is checked, not run
+    from autogolf.agent import shell_jail
+    tmp = tmp_path_factory.mktemp("private")
+    lines = shell_jail.seatbelt_profile(root, tmp).splitlines()
+    assert lines[:3] == ["(version 1)", "(allow default)", "(deny file-write*)"]
+    allowed = lines[3]  # after the deny: in SBPL the last matching rule wins
+    assert allowed.startswith("(allow file-write* ") and len(lines) == 4
+    for name in (TRAINER, "autoresearch.md", "autoresearch.ideas.md"):
+        assert f'(literal "{os.path.realpath(root / name)}")' in allowed
+    assert f'(subpath "{tmp}")' in allowed and '(literal "/dev/null")' in allowed
+    assert "logs" not in allowed and f'"{os.path.realpath(root)}"' not in allowed
+
+
 # --------------------------------------------------------------------------- the gate itself
 
 def test_the_gate_journals_every_decision_and_counts_blocks_by_kind(root):
@@ -322,6 +398,8 @@ def test_the_gate_journals_every_decision_and_counts_blocks_by_kind(root):
         ("log_experiment", True), ("edit", False), ("bash", False), ("bash", True)]
     assert gate.block_counts(root) == {"command": 1, "keep": 1, "scope": 1, "shell": 1}
     assert all(r["reason"] and r["at"] for r in journal)
+    # the allowed bash call says how it ran: in this machine's jail, or unconfined
+    assert journal[-1]["confined"] == sandbox.mechanism() and "confined" not in journal[-2]
 
 
 def gate_cli(root, tool: str, tool_input: dict) -> dict:

@@ -5,12 +5,13 @@
 The pi extension agent/guard/index.ts calls this synchronously before every run_experiment,
 log_experiment, edit, write and bash call, with the call's input as JSON on stdin, and acts on
 the answer: {"allow": bool, "kind": str, "reason": str, "input": {...}?}. `input`, when present,
-replaces the call's arguments (the guard sets run_experiment's timeout_seconds and
-log_experiment's metric). The rules are in gate_command (run_experiment), gate_keep
+replaces the call's arguments (the guard sets run_experiment's timeout_seconds,
+log_experiment's metric, and bash's command: rewritten to run in the jail, shell_jail.py). The rules are in gate_command (run_experiment), gate_keep
 (log_experiment), gate_paths (edit, write) and gate_shell (bash), so they are tested in
 Python and the TypeScript stays a thin adapter.
 
-Every decision is one line of logs/agent/guard.jsonl: time, tool, kind, allowed, reason.
+Every decision is one line of logs/agent/guard.jsonl: time, tool, kind, allowed, reason,
+and for an allowed bash call `confined` (the jail's mechanism, or "none").
 `just status` counts the blocks by kind. A decision that cannot be made (a bug, an unreadable
 input) is a block: the guard fails closed.
 """
@@ -63,7 +64,8 @@ def record(root: Path, tool: str, decision: dict, tool_input: dict) -> None:
     ledger.append({"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "epoch": round(time.time(), 3),
                    "tool": tool, "kind": decision.get("kind"), "allowed": bool(decision.get("allow")),
                    "reason": decision.get("reason", ""), "what": str(what)[:300] if what is not None else None,
-                   **({"run_id": decision["run_id"]} if decision.get("run_id") else {})},
+                   **({"run_id": decision["run_id"]} if decision.get("run_id") else {}),
+                   **({"confined": decision["confined"]} if decision.get("confined") else {})},
                   journal_path(root))
 
 

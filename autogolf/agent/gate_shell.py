@@ -13,9 +13,12 @@ would -- segments split at `;`, `&&`, `||`, `|`, `&` and newlines, quotes honour
     ...): pi-autoresearch alone commits and reverts, on the harness's word;
   - the harness itself run by hand (autoresearch.sh, `python -m autogolf....`, `just` recipes
     that write, scripts/*.sh, pip/uv installs into .venv).
-A determined program can still write anything this user may (a compiled binary, a path
-built at run time, a script file written first and run later): a real sandbox for the
-agent's shell is issue 15. The checks (autoresearch.checks.sh) remain the backstop.
+A determined program gets past a pattern check (a compiled binary, a path built at run
+time, a script file written first and run later), so a command it allows runs in a jail
+where this machine has a sandbox mechanism (bwrap, Landlock, Seatbelt: `confined` below,
+autogolf/agent/shell_jail.py): everything readable, only the files in scope and a private
+tmp writable. Where none exists the pattern check is all there is, and the decision says
+"unconfined: pattern check only". The checks (autoresearch.checks.sh) remain the backstop.
 """
 
 from __future__ import annotations
@@ -23,7 +26,11 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import sys
 from pathlib import Path
+
+from autogolf import sandbox
+from autogolf.agent.gate_paths import IN_SCOPE
 
 # Protected places, relative to the project root ("x/" = the folder and all below it).
 PROTECTED = ("autogolf/", "scripts/", "data/", "logs/", ".venv/", ".git/", ".auto/", "agent/",
@@ -311,15 +318,29 @@ def shell_problem(command: str, places: Places, depth: int = 0) -> str | None:
     return None
 
 
+def confined(command: str, root: Path) -> dict:
+    """The allowed command, rewritten to run in the jail (autogolf/agent/shell_jail.py) when
+    this machine has a sandbox mechanism; unwrapped, and saying so, when it has none."""
+    kind = sandbox.mechanism()
+    if kind == "none":
+        return {"allow": True, "confined": "none",
+                "reason": "no write to a protected place seen; unconfined: pattern check only"}
+    jailed = shlex.join([sys.executable, "-I", "-m", "autogolf.agent.shell_jail", "--root", str(root),
+                         "--mechanism", kind, "--", command])
+    return {"allow": True, "confined": kind, "input": {"command": jailed},
+            "reason": f"no write to a protected place seen; confined ({kind}): writes only "
+                      f"{', '.join(IN_SCOPE)} and a private tmp"}
+
+
 def decide(tool_input: dict, root: Path) -> dict:
     command = tool_input.get("command")
     if not isinstance(command, str):
         return {"allow": False, "reason": "bash needs a command"}
     problem = shell_problem(command, Places(root))
     if problem is None:
-        return {"allow": True, "reason": "no write to a protected place seen"}
+        return confined(command, root)
     return {"allow": False, "reason": (
         f"bash refused: {problem}. You may read anything; write only benchmark/train_gpt_mlx.py, "
         f"autoresearch.md and autoresearch.ideas.md (the edit and write tools). The harness, data/, "
-        f"logs/, .venv, .auto/, agent/ and git's history are the harness's (a pattern check: "
-        f"see README, 'The guard').")}
+        f"logs/, .venv, .auto/, agent/ and git's history are the harness's (a pattern check, and "
+        f"a jail where a sandbox exists: see README, 'The guard').")}
