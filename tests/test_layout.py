@@ -15,7 +15,7 @@ from conftest import REPO
 PACKAGE = REPO / "autogolf"
 # The flow: data cache -> trainer -> log -> METRIC lines -> ledger -> verdict -> agent. A module
 # may import from its own package and from packages of a lower rank, never from a higher one.
-# The top-level modules (paths, settings, fsutil, textutil) are below every stage; run/ is the
+# The top-level modules (paths, settings, fsutil, textutil, proc, sandbox...) are below every stage; run/ is the
 # orchestrator that drives data -> measure -> judge; lab/ and agent/ sit on top, apart.
 RANKS = {"": 0, "data": 1, "measure": 2, "judge": 3, "run": 4, "lab": 5, "agent": 5}
 MAX_FUNCTION_LINES = 80

@@ -11,7 +11,6 @@ The child is launched through confine_child(), the one place that confines it.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from autogolf import sandbox
+from autogolf.proc import die_with_parent
 from autogolf.measure import wire
 
 def max_vocab(tokenizer_vocab: int) -> int:
@@ -43,19 +43,6 @@ def confine_child(argv: list[str], env: dict[str, str], reads: list[Path],
     return sandbox.wrap(argv, env, sandbox.Jail(reads=list(reads), writes=list(writes), network="none"))
 
 
-def _die_with_parent(parent_pid: int):
-    """preexec_fn on Linux: SIGKILL when the trusted scorer dies (PR_SET_PDEATHSIG). Elsewhere
-    none (macOS has no such call; the sandbox's process rules apply there)."""
-    def setup() -> None:
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            return
-        if os.getppid() != parent_pid:  # the scorer died before prctl took effect
-            os._exit(1)
-    return setup if sys.platform.startswith("linux") else None
-
-
 class ModelChild:
     """One child process; load() models from artifact bytes, logits() for window batches."""
 
@@ -69,7 +56,7 @@ class ModelChild:
         # kills it when the trusted scorer dies (the orchestrator's timeout kills the scorer)
         self.proc = subprocess.Popen(argv, env=env, cwd=scratch, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, start_new_session=True,
-                                     preexec_fn=_die_with_parent(os.getpid()))
+                                     preexec_fn=die_with_parent(os.getpid()))
         self.wfd, self.rfd = self.proc.stdin.fileno(), self.proc.stdout.fileno()
         wire.widen(self.rfd)
 

@@ -9,12 +9,10 @@ a ledger write or a lock release in half.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ from pathlib import Path
 
 import psutil
 
+from autogolf.proc import die_with_parent
 from autogolf.paths import REPO_ROOT
 from autogolf.run.runlock import RunLock
 
@@ -132,20 +131,6 @@ def _stream(proc: subprocess.Popen, console_path: Path, state: dict, on_line=Non
                     state["echo"] = False  # stdout went away (reader killed): keep logging
 
 
-def _die_with_parent(parent_pid: int):
-    """preexec_fn for the trainer on Linux: the kernel SIGKILLs it the moment the orchestrator
-    dies, even by SIGKILL (PR_SET_PDEATHSIG), so no trainer outlives its run unrecorded.
-    Elsewhere the inherited lock still keeps a lingering trainer from overlapping the next."""
-    def setup() -> None:
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            return
-        if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os._exit(1)
-    return setup if sys.platform.startswith("linux") else None
-
-
 def _wait(proc: subprocess.Popen, timeout: float, grace: float, stop: StopFlag, start: float) -> bool:
     """Wait for the trainer; kill its tree on a signal or past `timeout`. True: timed out."""
     while True:
@@ -175,7 +160,7 @@ def run_trainer(cmd: list[str], env: dict, console_path: Path, timeout: float, g
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True,  # its own group: we kill it as a whole
                             pass_fds=(lock.fd,),  # a lingering trainer keeps the machine locked
-                            preexec_fn=_die_with_parent(os.getpid()))
+                            preexec_fn=die_with_parent(os.getpid()))
     lock.set_trainer_pid(proc.pid)
     lock.note(trainer_started_at=round(started_at, 3), hard_timeout_at=round(started_at + timeout, 3))
     state: dict = {}
