@@ -469,6 +469,13 @@ class Supervisor:
         if pane.pane_dead == "1":
             # a signal leaves no exit status; tmux >= 3.3 names the signal instead
             signo = getattr(pane, "pane_dead_signal", None)
+            if not pane.pane_dead_status and not str(signo or "").isdigit():
+                try:  # read once more: under load tmux was seen to report dead before the status
+                    time.sleep(0.2)
+                    pane.refresh()
+                    signo = getattr(pane, "pane_dead_signal", None)
+                except Exception:
+                    pass
             status = pane.pane_dead_status or (describe_exit(str(128 + int(signo))).split(" ", 2)[2]
                                                if str(signo or "").isdigit() else "?")
             self.schedule_restart(f"agent exited (status {status})"
