@@ -458,7 +458,9 @@ def test_wallclock_cap_stops_early(dataset, tmp_path):
     stops = [STOPPING_EARLY.match(line) for line in run.lines if line.startswith("stopping_early")]
     assert len(stops) == 1 and stops[0]
     assert int(stops[0]["ms"]) >= 1000 and 0 < int(stops[0]["s"]) < 100000
-    assert int(run.parsed["train_step"][-1]["s"]) == int(stops[0]["s"])  # the last step is logged
+    # upstream logs steps 1-10 and every TRAIN_LOG_EVERY-th; the step that crosses the cap is
+    # logged only when it is one of those (its stop flag is set after the log line)
+    assert int(run.parsed["train_step"][-1]["s"]) <= int(stops[0]["s"])
 
 
 @pytest.mark.parametrize("budget,steps,batch", [(36 * 1024, 36, 1024), (10_000, 39, 256), (1000, 7, 128)])
