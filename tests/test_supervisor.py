@@ -322,6 +322,13 @@ def test_the_breaker_counts_restarts_across_a_supervisor_replacement(project, en
                AUTOGOLF_HEALTHY_SECONDS="600", AUTOGOLF_BACKOFF_SECONDS="1.5", AUTOGOLF_BACKOFF_MAX_SECONDS="3")
     assert loop(project, env, "start").returncode == 0
     wait_for(lambda: len(_starts(project, "restart: agent exited")) >= 2, 60, "two restarts")
+
+    def saved_restarts() -> int:  # what a replacement will read: the event log can lead the state file
+        try:
+            return len(json.loads((project / "logs" / "agent" / "state.json").read_text()).get("restarts") or [])
+        except (OSError, ValueError):
+            return 0
+    wait_for(lambda: saved_restarts() >= 2 or None, 30, "two restarts in the saved state")
     supervisor = int((project / "logs" / "agent" / "supervisor.lock").read_text().split()[0])
     os.kill(supervisor, signal.SIGKILL)
     wait_for(lambda: any("breaker_tripped" in l for l in events(project)), 60, "the breaker")
