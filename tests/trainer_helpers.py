@@ -60,16 +60,18 @@ def tokenize_docs(sp, docs: list[str]) -> list[np.ndarray]:
     return [np.array([BOS_ID] + sp.encode(d), dtype=np.uint16) for d in docs]
 
 
-def build_dataset(root: Path, tokenizer: Path, docs_path: Path, name: str) -> Path:
-    """data/datasets/<name>/ with one val shard (the first NUM_VAL_DOCS documents) and two
-    train shards (the rest, split in half), like the real cache layout, and a copy of the
-    tokenizer that wrote them (the trainer reads only the shards' names)."""
+def build_dataset(root: Path, tokenizer: Path, docs_path: Path, name: str, val_tokens: int = 0) -> Path:
+    """data/datasets/<name>/ with one val shard (the first NUM_VAL_DOCS documents; cut to its
+    first val_tokens tokens when > 0) and two train shards (the rest, split in half), like the
+    real cache layout, and a copy of the tokenizer that wrote them (the trainer reads only the
+    shards' names)."""
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_file=str(tokenizer))
     docs = tokenize_docs(sp, load_docs(docs_path))
     dataset = root / "datasets" / name
-    write_shard(dataset / "fineweb_val_000000.bin", np.concatenate(docs[:NUM_VAL_DOCS]))
+    val = np.concatenate(docs[:NUM_VAL_DOCS])
+    write_shard(dataset / "fineweb_val_000000.bin", val[:val_tokens] if val_tokens > 0 else val)
     train = np.concatenate(docs[NUM_VAL_DOCS:])
     half = train.size // 2
     write_shard(dataset / "fineweb_train_000000.bin", train[:half])
