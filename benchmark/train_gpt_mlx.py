@@ -109,6 +109,20 @@ class Hyperparameters:
 
     out_dir: str = os.environ.get("OUT_DIR", "logs")
 
+    # --- autogolf: a token budget (not upstream's; unset or 0: upstream's budget) ----------
+    # Train on TRAIN_BUDGET_TOKENS tokens: the batch per step shrinks (in whole sequences per
+    # microbatch) to give at least BUDGET_MIN_STEPS steps, and the warm-down spans at most
+    # the steps there are, so a short budget still trains.
+    train_budget_tokens: int = int(os.environ.get("TRAIN_BUDGET_TOKENS", 0))
+    budget_min_steps: int = int(os.environ.get("BUDGET_MIN_STEPS", 36))
+    if train_budget_tokens > 0:
+        train_batch_tokens = max(train_seq_len * grad_accum_steps, min(
+            train_batch_tokens, train_budget_tokens // max(budget_min_steps, 1)
+        ) // (train_seq_len * grad_accum_steps) * (train_seq_len * grad_accum_steps))
+        iterations = max(1, train_budget_tokens // train_batch_tokens)
+        warmdown_iters = min(warmdown_iters, iterations)
+    # --- end autogolf -----------------------------------------------------------------------
+
     @property
     def train_files(self) -> str:
         return f"{self.data_path}/fineweb_train_*.bin"
@@ -131,20 +145,6 @@ class Hyperparameters:
         warmdown_ms = self.warmdown_iters * step_ms
         remaining_ms = max(1000.0 * self.max_wallclock_seconds - elapsed_ms, 0.0)
         return remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
-
-    # --- autogolf: a token budget (not upstream's; unset or 0: upstream's budget) ----------
-    # Train on TRAIN_BUDGET_TOKENS tokens: the batch per step shrinks (in whole sequences per
-    # microbatch) to give at least BUDGET_MIN_STEPS steps, and the warm-down spans at most
-    # the steps there are, so a short budget still trains.
-    train_budget_tokens: int = int(os.environ.get("TRAIN_BUDGET_TOKENS", 0))
-    budget_min_steps: int = int(os.environ.get("BUDGET_MIN_STEPS", 36))
-    if train_budget_tokens > 0:
-        train_batch_tokens = max(train_seq_len * grad_accum_steps, min(
-            train_batch_tokens, train_budget_tokens // max(budget_min_steps, 1)
-        ) // (train_seq_len * grad_accum_steps) * (train_seq_len * grad_accum_steps))
-        iterations = max(1, train_budget_tokens // train_batch_tokens)
-        warmdown_iters = min(warmdown_iters, iterations)
-    # --- end autogolf -----------------------------------------------------------------------
 
 
 CONTROL_TENSOR_NAME_PATTERNS = tuple(

@@ -3,6 +3,7 @@ diff `just upstream-diff` prints, and the fidelity figures (scripts/upstream_fid
 
 from __future__ import annotations
 
+import difflib
 import subprocess
 import sys
 
@@ -48,3 +49,71 @@ def test_fidelity_figures():
     assert f["missing_names"] == ["accumulate_flat_grads"]
     assert f["kept_in_order"] == f["upstream_code_lines"] - 1 - 11  # the changed line, the function's 11
     assert f["diff_lines"] > 0
+
+
+# Edits as the challenge's records make them, on upstream's text. The first is a real
+# record's hunk (it drops lr_mul's wall-clock branch): it failed to apply while the token-budget
+# fence sat right after lr_mul. Of 1,598 hunks in 105 diffs of the file from the challenge's
+# history (each applying cleanly to upstream's), 42 failed on ours then, 26 with the fence
+# after `out_dir`; the hook's place after COMPUTE_DTYPE measured best (26, against 58-62 for
+# the two other places before Hyperparameters). What still fails rewrites whole regions.
+RECORD_EDITS = {
+    "lr_mul_without_the_wallclock_branch": (
+        """    def lr_mul(self, step: int, elapsed_ms: float) -> float:
+        if self.warmdown_iters <= 0:
+            return 1.0
+        if self.max_wallclock_seconds <= 0:
+            warmdown_start = max(self.iterations - self.warmdown_iters, 0)
+            return max((self.iterations - step) / max(self.warmdown_iters, 1), 0.0) if warmdown_start <= step < self.iterations else 1.0
+        step_ms = elapsed_ms / max(step, 1)
+        warmdown_ms = self.warmdown_iters * step_ms
+        remaining_ms = max(1000.0 * self.max_wallclock_seconds - elapsed_ms, 0.0)
+        return remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
+""",
+        """    def lr_mul(self, step: int, elapsed_ms: float) -> float:
+        if self.warmdown_iters <= 0:
+            return 1.0
+        warmdown_start = max(self.iterations - self.warmdown_iters, 0)
+        if warmdown_start <= step < self.iterations:
+            return max((self.iterations - step) / max(self.warmdown_iters, 1), 0.0)
+        return 1.0
+"""),
+    "a_new_hyperparameter": (
+        '    grad_clip_norm: float = float(os.environ.get("GRAD_CLIP_NORM", 0.0))\n',
+        '    grad_clip_norm: float = float(os.environ.get("GRAD_CLIP_NORM", 0.0))\n'
+        '    ema_decay: float = float(os.environ.get("EMA_DECAY", 0.0))\n'),
+    "sliding_window_attention": ('mask="causal")', 'mask=window_mask(seqlen, 256))'),
+    "muon_scale": ("scale = math.sqrt(max(1.0, float(p.shape[0]) / float(p.shape[1])))",
+                   "scale = 0.2 * math.sqrt(max(float(p.shape[0]), float(p.shape[1])))"),
+    "quantization_clip": ("INT8_CLIP_PERCENTILE = 99.99984", "INT8_CLIP_PERCENTILE = 99.9"),
+    "a_line_in_main": ('log(f"compute_dtype:{COMPUTE_DTYPE} compile:True")',
+                       'log(f"compute_dtype:{COMPUTE_DTYPE} compile:True ema:{args.ema_decay}")'),
+}
+
+
+def _edit(text: str, edits: list[str]) -> str:
+    for name in edits:
+        old, new = RECORD_EDITS[name]
+        assert text.count(old) == 1, name
+        text = text.replace(old, new)
+    return text
+
+
+def test_record_style_diffs_apply_to_our_trainer(tmp_path):
+    """A record's diff, made against upstream's file at its top-level path, applies to ours
+    with `git apply --directory=benchmark` (the README's recipe), alone and all together, and
+    lands where the same edit of our file would."""
+    source = upstream.upstream_source()
+    ours = (REPO / "benchmark" / "train_gpt_mlx.py").read_text(encoding="utf-8")
+    (tmp_path / "benchmark").mkdir()
+    target = tmp_path / "benchmark" / "train_gpt_mlx.py"
+    for edits in [[name] for name in RECORD_EDITS] + [list(RECORD_EDITS)]:
+        record = _edit(source, edits)
+        diff = "".join(difflib.unified_diff(source.splitlines(keepends=True), record.splitlines(keepends=True),
+                                            "a/train_gpt_mlx.py", "b/train_gpt_mlx.py"))
+        (tmp_path / "record.diff").write_text(diff, encoding="utf-8")
+        target.write_text(ours, encoding="utf-8")
+        out = subprocess.run(["git", "apply", "--directory=benchmark", "record.diff"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, (edits, out.stderr)
+        assert target.read_text(encoding="utf-8") == _edit(ours, edits), edits
