@@ -64,11 +64,11 @@ class ModelChild:
         """The tokenizer's vocabulary: logits must be at least this wide (before logits())."""
         self.min_vocab = int(vocab)
 
-    def _reply(self, expect: bytes) -> None:
+    def _reply(self, expect: bytes, failed: str = "the trainer's model failed") -> None:
         try:
             op = wire.read_exact(self.rfd, 1)
             if op == b"E":
-                raise ChildError(f"the trainer's model failed: {wire.read_error(self.rfd)}")
+                raise ChildError(f"{failed}: {wire.read_error(self.rfd)}")
         except wire.WireError as e:
             raise ChildError(f"the model's process ended or broke the protocol ({e}; "
                              f"exit status {self.proc.poll()})") from None
@@ -84,7 +84,10 @@ class ModelChild:
     def load(self, blob: bytes) -> tuple[int, int]:
         """(slot, seq_len) of the model harness_load built from `blob`."""
         self._send(b"L", wire.u64(len(blob)), blob)
-        self._reply(b"K")
+        # the usual cause: an export format changed in main() (a ported record's, say) and not in
+        # harness_load, which must read the artifact's bytes as main() writes them
+        self._reply(b"K", "the trainer's harness_load could not rebuild the model from the artifact (it must "
+                          "read the bytes as main() writes them: change it with the export format)")
         slot, seq_len = wire.read_u64(self.rfd), wire.read_u64(self.rfd)
         if not 1 <= seq_len <= 1 << 20:
             raise ChildError(f"harness_load returned seq_len {seq_len}, not a window length")
