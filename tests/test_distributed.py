@@ -314,7 +314,7 @@ def test_one_rank_killed_ends_the_run_clearly(project, env):
 def test_a_frozen_rank_ends_as_a_clear_timeout(project, env):
     """A rank that stops answering (as in MLX issue #4475's all_sum deadlock) leaves the
     other waiting in a collective forever; the hard timeout ends every rank."""
-    proc = _start_long_run(project, env, AUTOGOLF_TIMEOUT="45")
+    proc = _start_long_run(project, env, AUTOGOLF_TIMEOUT="30")
     ranks = _when_stepping(project, proc)
     ranks[1].send_signal(signal.SIGSTOP)
     stdout, _ = proc.communicate(timeout=150)

@@ -37,17 +37,11 @@ from trainer_helpers import (CONTRACT, STOPPING_EARLY, TINY, TRAINER, build_data
 
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory, corpus) -> Path:
+    """The validation split cut to its first 8,193 tokens (8,192 targets): upstream's own file,
+    run here for the equivalence tests, took ~33 s per evaluation of the whole 20-document
+    split (69,674 tokens of the real fixtures) on a CPU (its fused kernels, MLX's reference
+    BLAS), and every run evaluates twice."""
     name = "fineweb200_sp1024" if corpus.real else "synth200_sp1024"
-    return build_dataset(tmp_path_factory.mktemp("data"), corpus.tokenizer, corpus.docs, name)
-
-
-@pytest.fixture(scope="session")
-def short_val_dataset(tmp_path_factory, corpus) -> Path:
-    """The same shards with the validation split cut to its first 8,193 tokens (4 batches of
-    VAL_BATCH_SIZE=2048, and the last target): for the runs of upstream's own file, whose
-    evaluation on a CPU (its fused kernels, MLX's reference BLAS) took ~33 s per pass of the
-    whole 20-document split (69,674 tokens of the real fixtures)."""
-    name = "fineweb200v8k_sp1024" if corpus.real else "synth200v8k_sp1024"
     return build_dataset(tmp_path_factory.mktemp("data"), corpus.tokenizer, corpus.docs, name, val_tokens=8193)
 
 
@@ -286,9 +280,8 @@ LOSS_TOLERANCE = 1e-4
 BPB_TOLERANCE = 2e-5
 
 
-def test_equal_to_upstream_in_float32(short_val_dataset, tmp_path):
+def test_equal_to_upstream_in_float32(dataset, tmp_path):
     """The same step losses and final val_bpb as upstream's own file in float32."""
-    dataset = short_val_dataset
     ours = Run(tiny_env(dataset, RUN_ID="ours", **EQUIV), tmp_path)
     theirs = Run(tiny_env(dataset, RUN_ID="up", **EQUIV), tmp_path, trainer=upstream_copy(tmp_path, fp32=True))
     assert len(ours.train_losses()) == len(theirs.train_losses()) == 8
@@ -298,10 +291,9 @@ def test_equal_to_upstream_in_float32(short_val_dataset, tmp_path):
     assert "backend:cpu" in ours.proc.stdout and "backend:" not in theirs.proc.stdout
 
 
-def test_without_the_harness_it_is_upstream_bit_for_bit(short_val_dataset, tmp_path):
+def test_without_the_harness_it_is_upstream_bit_for_bit(dataset, tmp_path):
     """With no autogolf package to import (a submission), the hook does nothing: upstream's
     bfloat16, MLX's own kernels, and so the very same losses and val_bpb as upstream's file."""
-    dataset = short_val_dataset
     shadow = tmp_path / "shadow" / "autogolf"
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("raise ImportError('autogolf is not installed here')\n")
