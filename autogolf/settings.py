@@ -123,6 +123,8 @@ _DECLARED = (
             "scripts/setup.sh"),
     Setting("AUTOGOLF_SETUP_DRY_RUN", "", "1: setup.sh prints the backend and extra, installs nothing",
             "scripts/setup.sh"),
+    Setting("AUTOGOLF_TEST_WORKERS", "2", "processes for the tests not marked `alone` in `just test` "
+            "(pytest-xdist; 1 for one process)", "scripts/run-tests.sh"),
     Setting("AUTOGOLF_FIXTURES", "", "the real FineWeb test fixtures (default: ../shared/fixtures)",
             "tests, scripts/bench_corpus.py"),
     Setting("AUTOGOLF_UPSTREAM_MIRROR", "", "a local clone of upstream for the bootstrap tests",

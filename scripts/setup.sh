@@ -56,7 +56,7 @@ else
   [ -x .venv/bin/python ] || python3 -m venv .venv
   spec="."; [ "$backend" = metal ] || spec=".[$extra]"
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e "$spec" pytest
+  .venv/bin/python -m pip install --quiet -e "$spec" pytest pytest-xdist
 fi
 
 # --- an optimized BLAS for MLX on Linux CPU ----------------------------------------------

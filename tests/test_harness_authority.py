@@ -286,6 +286,7 @@ def test_a_size_line_that_disagrees_with_the_files_fails_the_run(lab):
     print(f"\nsize line: {summary.split('reason: ', 1)[1]}")
 
 
+@pytest.mark.alone  # compares run times: a neighbour's load would skew them
 def test_extra_optimizer_steps_show_as_harness_time_not_as_a_better_run(lab):
     base = baseline_rows(lab)[0]
     out, row = run(lab, before_main(EXTRA_STEPS), name="extra_steps")
@@ -303,6 +304,7 @@ def test_extra_optimizer_steps_show_as_harness_time_not_as_a_better_run(lab):
           f"{out.stdout.rstrip().splitlines()[-1]}")
 
 
+@pytest.mark.alone  # compares run times: a neighbour's load would skew them
 def test_printed_step_times_that_lie_do_not_move_the_verdict(lab):
     base = baseline_rows(lab)
     out, row = run(lab, before_main(HALVED_CLOCK), name="halved_clock", REPEATS="3")
@@ -365,6 +367,7 @@ ITERATIONS = 1000000
 '''
 
 
+@pytest.mark.alone  # compares run times: a neighbour's load would skew them
 def test_a_wall_clock_run_past_its_budget_and_allowance_is_over_budget(tmp_path, corpus):
     """A wall-clock profile (added to a project's profiles.toml and committed): the untampered
     trainer is ok; one whose clock runs slow trains far past the budget and is over_budget."""

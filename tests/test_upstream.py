@@ -3,7 +3,6 @@ diff `just upstream-diff` prints, and the fidelity figures (scripts/upstream_fid
 
 from __future__ import annotations
 
-import difflib
 import subprocess
 import sys
 
@@ -51,12 +50,11 @@ def test_fidelity_figures():
     assert f["diff_lines"] > 0
 
 
-# Edits as the challenge's records make them, on upstream's text. The first is a real
-# record's hunk (it drops lr_mul's wall-clock branch): it failed to apply while the token-budget
-# fence sat right after lr_mul. Of 1,598 hunks in 105 diffs of the file from the challenge's
-# history (each applying cleanly to upstream's), 42 failed on ours then, 26 with the fence
-# after `out_dir`; the hook's place after COMPUTE_DTYPE measured best (26, against 58-62 for
-# the two other places before Hyperparameters). What still fails rewrites whole regions.
+# Edits as the challenge's records make them, on upstream's text: a real record's hunk that
+# drops lr_mul's wall-clock branch, fields added before out_dir (pull request #1766), and
+# edits of attention, Muon, quantization and main(). Where the fences sit was chosen by
+# applying 105 real diffs of the file (README, "The trainer"): with the token budget after
+# `out_dir`, 11 leave conflicts under `git apply --3way`; after lr_mul, 19.
 RECORD_EDITS = {
     "lr_mul_without_the_wallclock_branch": (
         """    def lr_mul(self, step: int, elapsed_ms: float) -> float:
@@ -82,6 +80,10 @@ RECORD_EDITS = {
         '    grad_clip_norm: float = float(os.environ.get("GRAD_CLIP_NORM", 0.0))\n',
         '    grad_clip_norm: float = float(os.environ.get("GRAD_CLIP_NORM", 0.0))\n'
         '    ema_decay: float = float(os.environ.get("EMA_DECAY", 0.0))\n'),
+    # fields added right before out_dir (as pull request #1766 does): its context reaches the fence
+    "fields_before_out_dir": ('    out_dir: str = os.environ.get("OUT_DIR", "logs")\n',
+                              '    loop_start: int = int(os.environ.get("LOOP_START", 3))\n\n'
+                              '    out_dir: str = os.environ.get("OUT_DIR", "logs")\n'),
     "sliding_window_attention": ('mask="causal")', 'mask=window_mask(seqlen, 256))'),
     "muon_scale": ("scale = math.sqrt(max(1.0, float(p.shape[0]) / float(p.shape[1])))",
                    "scale = 0.2 * math.sqrt(max(float(p.shape[0]), float(p.shape[1])))"),
@@ -101,19 +103,29 @@ def _edit(text: str, edits: list[str]) -> str:
 
 def test_record_style_diffs_apply_to_our_trainer(tmp_path):
     """A record's diff, made against upstream's file at its top-level path, applies to ours
-    with `git apply --directory=benchmark` (the README's recipe), alone and all together, and
-    lands where the same edit of our file would."""
+    with the README's recipe (`git apply --3way --directory=benchmark`, in a repository whose
+    history holds upstream's file, as ours does), alone and all together, and lands where the
+    same edit of our file would."""
     source = upstream.upstream_source()
     ours = (REPO / "benchmark" / "train_gpt_mlx.py").read_text(encoding="utf-8")
-    (tmp_path / "benchmark").mkdir()
     target = tmp_path / "benchmark" / "train_gpt_mlx.py"
+    target.parent.mkdir()
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)
+    git("init", "-q")
+    for text in (source, ours):  # upstream's blob, then ours on top (the e70465f layout)
+        target.write_text(text, encoding="utf-8")
+        assert git("add", "-A").returncode == 0 and git("commit", "-qm", "x").returncode == 0
     for edits in [[name] for name in RECORD_EDITS] + [list(RECORD_EDITS)]:
         record = _edit(source, edits)
-        diff = "".join(difflib.unified_diff(source.splitlines(keepends=True), record.splitlines(keepends=True),
-                                            "a/train_gpt_mlx.py", "b/train_gpt_mlx.py"))
+        (tmp_path / "up.py").write_text(source, encoding="utf-8")
+        (tmp_path / "rec.py").write_text(record, encoding="utf-8")
+        diff = git("diff", "--no-index", "--full-index", "up.py", "rec.py").stdout
+        diff = diff.replace("a/up.py", "a/train_gpt_mlx.py").replace("b/rec.py", "b/train_gpt_mlx.py")
         (tmp_path / "record.diff").write_text(diff, encoding="utf-8")
-        target.write_text(ours, encoding="utf-8")
-        out = subprocess.run(["git", "apply", "--directory=benchmark", "record.diff"], cwd=tmp_path,
-                             capture_output=True, text=True, timeout=60)
+        out = git("apply", "--3way", "--directory=benchmark", "record.diff")
         assert out.returncode == 0, (edits, out.stderr)
         assert target.read_text(encoding="utf-8") == _edit(ours, edits), edits
+        git("reset", "-q", "--hard")

@@ -233,6 +233,17 @@ def _wait_gone(procs: list, timeout: float) -> list:
 
 # --------------------------------------------------------------------------- the supervisor
 
+def dead_pane_status(pane) -> str | None:
+    """A dead pane's exit status ("1"), or the signal that ended it ("SIGKILL", as
+    describe_exit words it), or None while tmux reports neither."""
+    if pane.pane_dead_status:
+        return pane.pane_dead_status
+    signo = getattr(pane, "pane_dead_signal", None)  # a signal leaves no exit status; tmux >= 3.3 names it
+    if str(signo or "").isdigit():
+        return describe_exit(str(128 + int(signo))).split(" ", 2)[2]
+    return None
+
+
 class Supervisor:
     def __init__(self, cfg: Config, session_name: str | None = None):
         self.cfg = cfg
@@ -242,6 +253,7 @@ class Supervisor:
         self.restarts: list[dict] = []
         self.stop_signal: int | None = None
         self.misses = 0  # consecutive looks that did not find the session
+        self.statusless_looks = 0  # consecutive looks at a dead agent pane with no exit status yet
         self.state = {"supervisor_pid": os.getpid(), "started_at": session.now_iso(),
                       "session": self.name, "breaker": {"state": "ok"}, "restarts_total": 0,
                       "config": {k: getattr(cfg, k) for k in Config.ENV}}
@@ -467,18 +479,15 @@ class Supervisor:
             return True
         self.state.pop("deferred", None)
         if pane.pane_dead == "1":
-            # a signal leaves no exit status; tmux >= 3.3 names the signal instead
-            signo = getattr(pane, "pane_dead_signal", None)
-            if not pane.pane_dead_status and not str(signo or "").isdigit():
-                try:  # read once more: under load tmux was seen to report dead before the status
-                    time.sleep(0.2)
-                    pane.refresh()
-                    signo = getattr(pane, "pane_dead_signal", None)
-                except Exception:
-                    pass
-            status = pane.pane_dead_status or (describe_exit(str(128 + int(signo))).split(" ", 2)[2]
-                                               if str(signo or "").isdigit() else "?")
-            self.schedule_restart(f"agent exited (status {status})"
+            status = dead_pane_status(pane)
+            # tmux can mark a pane dead (its terminal closed) a moment before it has reaped the
+            # process; under load that moment was seen to outlast a look. Wait a few looks for
+            # the status, so the restart's reason (and the breaker's record) says how it ended.
+            if status is None and self.statusless_looks < SESSION_MISSES:
+                self.statusless_looks += 1
+                return True
+            self.statusless_looks = 0
+            self.schedule_restart(f"agent exited (status {status or '?'})"
                                   + (" after a benchmark timeout" if bench.get("past_deadline") else ""))
         elif self.watch.restart_at is None or self.watch.restart_kind in PROVIDER_FAULTS:
             self.observe(pane)
