@@ -9,4 +9,16 @@ if [ ! -x .venv/bin/python ]; then
   echo "run-pi-autoresearch: missing: .venv; run scripts/setup.sh" >&2
   exit 2
 fi
-exec .venv/bin/python -m autogolf.agent.launch "$@"
+if [ "${1:-}" = --check ]; then
+  exec .venv/bin/python -m autogolf.agent.launch "$@"
+fi
+# Not exec: this shell outlives the agent to write down how it ended (the supervisor's restart
+# reason and breaker record). tmux 3.3a was measured to lose a dead pane's exit status for
+# good (64 of 150 quick exits); the supervisor reads this file then.
+exit_file=logs/agent/agent.exit
+mkdir -p logs/agent
+rm -f "$exit_file"
+status=0
+.venv/bin/python -m autogolf.agent.launch "$@" || status=$?
+echo "$status" > "$exit_file"
+exit "$status"

@@ -329,10 +329,15 @@ class Soak:
             return None
 
     def agent_pid(self) -> int | None:
+        """pi itself: the child of the agent pane's script (scripts/run-pi-autoresearch.sh)."""
         out = tmux(self.env, "list-panes", "-a", "-F", "#{window_name} #{pane_dead} #{pane_pid}")
         for name, dead, pid in (line.split() for line in out.stdout.splitlines()):
             if name == "agent" and dead == "0":
-                return int(pid)
+                try:
+                    children = psutil.Process(int(pid)).children()
+                except psutil.Error:
+                    return None
+                return children[0].pid if children else None
         return None
 
     def wait_idle(self, limit: float = 240) -> None:

@@ -3,13 +3,13 @@ stand-in command (AUTOGOLF_AGENT_CMD): these tests are about keeping an agent al
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -39,10 +39,15 @@ def env(tmp_path, project):
 
 
 def agent_pids(env: dict) -> list[int]:
-    """Live agent processes: the pane's process of every window named agent."""
+    """Live agent processes: in every window named agent, the agent the pane's script runs
+    (scripts/run-pi-autoresearch.sh stays as its parent to write down its exit status)."""
     out = tmux(env, "list-panes", "-a", "-F", "#{window_name} #{pane_dead} #{pane_pid}")
-    return [int(pid) for name, dead, pid in (l.split() for l in out.stdout.splitlines())
-            if name == "agent" and dead == "0"]
+    pids = []
+    for name, dead, pid in (l.split() for l in out.stdout.splitlines()):
+        if name == "agent" and dead == "0":
+            with contextlib.suppress(psutil.Error):
+                pids += [c.pid for c in psutil.Process(int(pid)).children()][:1]
+    return pids
 
 
 def one_agent(env: dict, seconds: float = 30) -> int:

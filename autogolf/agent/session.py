@@ -26,6 +26,7 @@ from autogolf.paths import REPO_ROOT
 
 STATE_DIR = REPO_ROOT / "logs" / "agent"
 STATE_FILE = STATE_DIR / "state.json"
+AGENT_EXIT_FILE = STATE_DIR / "agent.exit"  # the agent's exit status, as scripts/run-pi-autoresearch.sh writes it
 SUPERVISOR_LOCK = STATE_DIR / "supervisor.lock"
 START_LOCK = STATE_DIR / "start.lock"
 EVENT_LOG = REPO_ROOT / "logs" / "supervisor.log"

@@ -235,13 +235,18 @@ def _wait_gone(procs: list, timeout: float) -> list:
 
 def dead_pane_status(pane) -> str | None:
     """A dead pane's exit status ("1"), or the signal that ended it ("SIGKILL", as
-    describe_exit words it), or None while tmux reports neither."""
+    describe_exit words it), or None while neither tmux nor the agent's window script
+    (session.AGENT_EXIT_FILE) says."""
     if pane.pane_dead_status:
         return pane.pane_dead_status
     signo = getattr(pane, "pane_dead_signal", None)  # a signal leaves no exit status; tmux >= 3.3 names it
     if str(signo or "").isdigit():
         return describe_exit(str(128 + int(signo))).split(" ", 2)[2]
-    return None
+    try:
+        code = session.AGENT_EXIT_FILE.read_text().strip()
+    except OSError:
+        return None
+    return describe_exit(code).split(" ", 2)[2] if code.isdigit() else None
 
 
 class Supervisor:
@@ -288,6 +293,7 @@ class Supervisor:
     def start_agent(self, sess, reason: str, pane=None) -> None:
         """A new agent window, or a respawn of `pane`; pi resumes when it has a session."""
         cmd = self.cfg.agent_cmd
+        session.AGENT_EXIT_FILE.unlink(missing_ok=True)  # the last agent's; this one writes its own
         if pane is None:
             window = sess.new_window(window_name=session.AGENT_WINDOW, window_shell=cmd,
                                      start_directory=str(session.REPO_ROOT), attach=False)
