@@ -486,9 +486,9 @@ class Supervisor:
         self.state.pop("deferred", None)
         if pane.pane_dead == "1":
             status = dead_pane_status(pane)
-            # tmux can mark a pane dead (its terminal closed) a moment before it has reaped the
-            # process; under load that moment was seen to outlast a look. Wait a few looks for
-            # the status, so the restart's reason (and the breaker's record) says how it ended.
+            # Neither tmux (3.3a loses statuses) nor the window script's file says yet (the
+            # script itself was killed, say): wait a few looks, so the restart's reason (and the
+            # breaker's record) says how the agent ended when it can.
             if status is None and self.statusless_looks < SESSION_MISSES:
                 self.statusless_looks += 1
                 return True
