@@ -6,7 +6,8 @@
 # With no arguments the suite runs in two phases: most tests over AUTOGOLF_TEST_WORKERS
 # processes (default 2; pytest-xdist, each test file on one worker), then the tests marked
 # `alone` one at a time with nothing else running (they compare the speed of runs made at
-# different moments, which a neighbour's load would skew). With arguments, one plain
+# different moments, which a neighbour's load would skew, or change what every run checks,
+# such as the shared venv's start-up hooks). With arguments, one plain
 # pytest run of what they select.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -260,6 +260,7 @@ os.utime(_t, ns=(_st.st_atime_ns, _st.st_mtime_ns))  # the old mtime: only a con
     print(f"\n  caught: {reason(summary)}")
 
 
+@pytest.mark.alone  # it adds a .pth to the shared venv, which every run beside it would catch
 def test_pth_added_during_the_run_fails_integrity(project, tiny_data, tmp_path):
     import site
     name = f"zz_tamper_{uuid.uuid4().hex[:8]}.pth"
